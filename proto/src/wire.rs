@@ -1,0 +1,225 @@
+//! Every message between client, service and stock server (JSON over HTTPS / mutual TLS).
+//! Binary fields are base64 (`b64`) or hex as named.
+//!
+//! Client → service (HTTPS, `Authorization: Bearer stk1_...` where a server password is needed):
+//! - `GET  /v1/info` → [`ServiceInfo`]
+//! - `POST /v1/register` [`RegisterRequest`] → [`RegisterResponse`] (61, 71)
+//! - `POST /v1/upload-instructions` [`UploadInstructionRequest`] → [`UploadInstruction`] (72; 101, 106–109)
+//! - `POST /v1/uploads` body: the sealed envelope → [`UploadAccepted`] (63, 105)
+//! - `GET  /v1/uploads/{id}` → [`UploadStatus`] (64–66, 77, 81, 82)
+//! - `POST /v1/downloads` [`DownloadRequest`] → [`DownloadResponse`] (121, 131–135)
+//! - `GET  /v1/files` → [`FileList`]
+//! - `POST /v1/files/delete` [`OwnerRequest`] → 204
+//! - `POST /v1/password/rotate` [`OwnerRequest`] → [`RotateResponse`] (79–82)
+//!
+//! Service → stock (mutual TLS, service certificates only):
+//! - `GET  /v1/identity` → [`StockIdentity`]
+//! - `POST /v1/accounts` [`CreateAccountRequest`] → [`CreateAccountResponse`] (85–87)
+//! - `PUT  /v1/accounts/{database_key}/objects/{name}` body: the image → [`StoredObject`] (78, 85, 86, 112, 115)
+//! - `POST /v1/accounts/{database_key}/push` [`PushRequest`] → 202 (135, 137)
+//! - `GET  /v1/accounts/{database_key}/objects` → [`FileList`]
+//! - `DELETE /v1/accounts/{database_key}/objects/{name}` → 204
+
+use crate::reason::Refusal;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Every error answer carries a refusal: a stable code and words (64, 65, 103, 123, 153).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub refusal: Refusal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    /// Hex X25519 public key that uploads are sealed to.
+    pub upload_public_key: String,
+    pub max_upload_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub public_key_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadInstructionRequest {
+    pub client_id: String,
+}
+
+/// The upload instruction (72, 109): a one-time ticket and the key to seal to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadInstruction {
+    pub ticket: String,
+    pub upload_public_key: String,
+    pub max_upload_bytes: u64,
+    pub expires_in_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadAccepted {
+    pub upload_id: String,
+}
+
+/// Where an upload is in Fig. 5, and what the client gets at the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum UploadStatus {
+    /// In quarantine (74): checks running or waiting for the operator.
+    Pending { stage: String },
+    /// Approved (94) but not yet delivered: the stock server is unreachable; retried.
+    Approved { note: String },
+    /// 75 no → 76, 77: erased, with the reason.
+    Refused { refusal: Refusal },
+    /// 78–82: stored. On a first upload the server password (79, 80) and the account key (87)
+    /// come wrapped to the client's registered RSA key (81).
+    Stored {
+        file_name: String,
+        size: u64,
+        stock_server: String,
+        server_password_wrapped: Option<String>,
+        account_key_wrapped: Option<String>,
+    },
+}
+
+/// The destination of a push (121): the client's address and its push port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadRequest {
+    pub file_name: String,
+    pub destination: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DownloadResponse {
+    /// Hex request nonce the push will carry.
+    pub nonce: String,
+    /// Hex Ed25519 key the push is signed with.
+    pub stock_public_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    /// Seconds since the Unix epoch.
+    pub stored_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileList {
+    pub files: Vec<FileEntry>,
+}
+
+/// Actions only the account owner may take (delete, rotate), signed with the owner's
+/// registered RSA key so that someone a password was shared with cannot take them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerRequest {
+    pub action: String,
+    pub file_name: Option<String>,
+    /// Seconds since the Unix epoch; requests older than the service's window are refused.
+    pub timestamp: u64,
+    /// Random hex; a nonce is accepted once.
+    pub nonce: String,
+    pub client_id: String,
+    /// Base64 RSA-PSS signature over `signing_bytes()`.
+    pub signature: String,
+}
+
+impl OwnerRequest {
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut m = b"stockade-owner-v1\0".to_vec();
+        for part in [
+            self.action.as_str(),
+            self.file_name.as_deref().unwrap_or(""),
+            self.nonce.as_str(),
+            self.client_id.as_str(),
+        ] {
+            m.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            m.extend_from_slice(part.as_bytes());
+        }
+        m.extend_from_slice(&self.timestamp.to_be_bytes());
+        m
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateResponse {
+    pub server_password_wrapped: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StockIdentity {
+    pub name: String,
+    /// Hex Ed25519 push-signing key.
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccountRequest {
+    pub owner_public_key_pem: String,
+}
+
+/// 87: the database key and the account key, wrapped to the owner so the service only relays it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateAccountResponse {
+    pub database_key: String,
+    pub account_key_wrapped: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredObject {
+    pub object_id: String,
+    pub size: u64,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    pub file_name: String,
+    pub destination: SocketAddr,
+    pub nonce: String,
+}
+
+/// File names are chosen by clients: keep them to one safe path component.
+pub fn valid_file_name(name: &str) -> Result<(), Refusal> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ' ' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::BadRequest(format!(
+            "file name {name:?} must be 1-200 characters of letters, digits, space, '.', '-', '_', '+', not starting with '.'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names() {
+        assert!(valid_file_name("cat photo-1.png").is_ok());
+        for bad in ["", "../x", "a/b", ".hidden", "..", "x\0y"] {
+            assert!(valid_file_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

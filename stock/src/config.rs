@@ -1,0 +1,82 @@
+//! The stock server's YAML config (one type, loaded by `stockade_proto::config`).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockConfig {
+    /// The name the service records with each password (80): usually this server's address.
+    pub name: String,
+    /// API address (mutual TLS, service certificates only). Port 7443 in the lab.
+    pub listen: SocketAddr,
+    /// Metrics address (TLS, monitoring host certificate required). Port 9443 in the lab.
+    pub metrics_listen: SocketAddr,
+    /// Objects, metadata database, master key and push-signing key live here.
+    pub data_dir: PathBuf,
+    pub tls: TlsFiles,
+    /// Largest object accepted (bytes).
+    #[serde(default = "default_max_object")]
+    pub max_object_bytes: u64,
+    /// Seconds a push may take to connect and to finish.
+    #[serde(default = "default_push_timeout")]
+    pub push_timeout_secs: u64,
+    /// Pushes running at once; more wait.
+    #[serde(default = "default_push_concurrency")]
+    pub push_concurrency: usize,
+    /// The push port on clients; DESIGN.md fixes it at 7137. Only tests on one loopback
+    /// interface may need another.
+    #[serde(default = "default_push_port")]
+    pub push_port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA of the service's client certificates: only they may use the API.
+    pub service_client_ca: PathBuf,
+    /// CA of the monitoring host's client certificate: only it may read metrics.
+    pub monitor_ca: PathBuf,
+}
+
+fn default_max_object() -> u64 {
+    4 << 30
+}
+fn default_push_timeout() -> u64 {
+    600
+}
+fn default_push_concurrency() -> usize {
+    16
+}
+fn default_push_port() -> u16 {
+    stockade_proto::PUSH_PORT
+}
+
+impl StockConfig {
+    pub fn load(path: &Path) -> Result<Self, stockade_proto::config::ConfigError> {
+        let mut c: Self = stockade_proto::config::load_yaml(path)?;
+        // Relative paths are relative to the config file, so a config directory can move.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut c.data_dir,
+            &mut c.tls.cert,
+            &mut c.tls.key,
+            &mut c.tls.service_client_ca,
+            &mut c.tls.monitor_ca,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if c.push_concurrency == 0 {
+            return Err(stockade_proto::config::ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: "push_concurrency must be at least 1".into(),
+            });
+        }
+        Ok(c)
+    }
+}

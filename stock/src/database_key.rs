@@ -1,0 +1,255 @@
+//! Accounts under their database keys (86): the account key (the patent's per-client "server
+//! key pair", 85) and the metadata of every object filed under it, in an embedded database
+//! (redb, ACID: a commit is durable when it returns).
+//!
+//! Account keys at rest are wrapped under the stock server's master key with AES-256-GCM
+//! (envelope encryption; the database key is the associated data, so a wrapped key cannot be
+//! moved to another account). The master key file is created 0600 on first start.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use rand::RngCore;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use zeroize::Zeroizing;
+
+const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+/// Key: "<database key>/<file name>".
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("unknown database key")]
+    UnknownAccount,
+    #[error("database: {0}")]
+    Db(String),
+    #[error("master key: {0}")]
+    MasterKey(String),
+    #[error("stored account key does not open under the master key")]
+    Unwrap,
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(impl From<$t> for AccountError { fn from(e: $t) -> Self { Self::Db(e.to_string()) } })*};
+}
+db_err!(redb::Error, redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, serde_json::Error);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AccountRecord {
+    /// nonce (12) || AES-256-GCM(master, account key, aad = database key)
+    wrapped_key: String,
+    created_at: u64,
+}
+
+/// What is known about one stored object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectRecord {
+    pub object_id: String,
+    /// Length of the stored (encrypted) object.
+    pub stored_size: u64,
+    /// Length of the image as received.
+    pub size: u64,
+    /// Hex SHA-512 of the stored object, computed once at store time.
+    pub digest: String,
+    pub stored_at: u64,
+}
+
+pub struct Accounts {
+    db: Database,
+    master: Zeroizing<[u8; 32]>,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Accounts {
+    pub fn open(data_dir: &Path) -> Result<Self, AccountError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| AccountError::Db(e.to_string()))?;
+        let mpath = data_dir.join("master.key");
+        let master = if mpath.exists() {
+            let bytes = Zeroizing::new(std::fs::read(&mpath).map_err(|e| AccountError::MasterKey(e.to_string()))?);
+            let arr: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| AccountError::MasterKey(format!("{} is not 32 bytes", mpath.display())))?;
+            Zeroizing::new(arr)
+        } else {
+            let mut k = Zeroizing::new([0u8; 32]);
+            rand::rngs::OsRng.fill_bytes(k.as_mut());
+            stockade_proto::fsutil::write_atomic(&mpath, k.as_ref(), 0o600)
+                .map_err(|e| AccountError::MasterKey(e.to_string()))?;
+            k
+        };
+        let db = Database::create(data_dir.join("metadata.redb"))?;
+        let w = db.begin_write()?;
+        w.open_table(ACCOUNTS)?;
+        w.open_table(OBJECTS)?;
+        w.commit()?;
+        Ok(Self { db, master })
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new_from_slice(self.master.as_ref()).expect("32-byte key")
+    }
+
+    /// 85, 86: a new account with a random account key under a new random database key.
+    pub fn create(&self) -> Result<(String, Zeroizing<[u8; 32]>), AccountError> {
+        let mut idb = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut idb);
+        let db_key = hex::encode(idb);
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(key.as_mut());
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ct = self
+            .cipher()
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: key.as_ref(), aad: db_key.as_bytes() })
+            .map_err(|_| AccountError::Unwrap)?;
+        let mut blob = nonce.to_vec();
+        blob.extend_from_slice(&ct);
+        let rec = AccountRecord {
+            wrapped_key: data_encoding::BASE64.encode(&blob),
+            created_at: now_secs(),
+        };
+        let w = self.db.begin_write()?;
+        w.open_table(ACCOUNTS)?.insert(db_key.as_str(), serde_json::to_vec(&rec)?.as_slice())?;
+        w.commit()?;
+        Ok((db_key, key))
+    }
+
+    /// The account key for a database key (115: the same key for every upload of the account).
+    pub fn account_key(&self, db_key: &str) -> Result<Zeroizing<[u8; 32]>, AccountError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(ACCOUNTS)?;
+        let v = t.get(db_key)?.ok_or(AccountError::UnknownAccount)?;
+        let rec: AccountRecord = serde_json::from_slice(v.value())?;
+        let blob = data_encoding::BASE64.decode(rec.wrapped_key.as_bytes()).map_err(|_| AccountError::Unwrap)?;
+        if blob.len() < 12 {
+            return Err(AccountError::Unwrap);
+        }
+        let pt = Zeroizing::new(
+            self.cipher()
+                .decrypt(Nonce::from_slice(&blob[..12]), Payload { msg: &blob[12..], aad: db_key.as_bytes() })
+                .map_err(|_| AccountError::Unwrap)?,
+        );
+        let arr: [u8; 32] = pt.as_slice().try_into().map_err(|_| AccountError::Unwrap)?;
+        Ok(Zeroizing::new(arr))
+    }
+
+    pub fn exists(&self, db_key: &str) -> Result<bool, AccountError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(ACCOUNTS)?.get(db_key)?.is_some())
+    }
+
+    /// Files an object under the account; returns the record it replaced, if any.
+    pub fn put_object(&self, db_key: &str, name: &str, rec: &ObjectRecord) -> Result<Option<ObjectRecord>, AccountError> {
+        let key = format!("{db_key}/{name}");
+        let w = self.db.begin_write()?;
+        let old = {
+            let mut t = w.open_table(OBJECTS)?;
+            let old = t.insert(key.as_str(), serde_json::to_vec(rec)?.as_slice())?;
+            match old {
+                Some(v) => Some(serde_json::from_slice::<ObjectRecord>(v.value())?),
+                None => None,
+            }
+        };
+        w.commit()?;
+        Ok(old)
+    }
+
+    pub fn get_object(&self, db_key: &str, name: &str) -> Result<Option<ObjectRecord>, AccountError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(OBJECTS)?;
+        let v = t.get(format!("{db_key}/{name}").as_str())?;
+        Ok(match v {
+            Some(v) => Some(serde_json::from_slice(v.value())?),
+            None => None,
+        })
+    }
+
+    pub fn delete_object(&self, db_key: &str, name: &str) -> Result<Option<ObjectRecord>, AccountError> {
+        let w = self.db.begin_write()?;
+        let old = {
+            let mut t = w.open_table(OBJECTS)?;
+            let old = t.remove(format!("{db_key}/{name}").as_str())?;
+            match old {
+                Some(v) => Some(serde_json::from_slice::<ObjectRecord>(v.value())?),
+                None => None,
+            }
+        };
+        w.commit()?;
+        Ok(old)
+    }
+
+    /// Every (name, record) of an account, by name.
+    pub fn list_objects(&self, db_key: &str) -> Result<Vec<(String, ObjectRecord)>, AccountError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(OBJECTS)?;
+        // '/' + 1 == '0': the range covers exactly "<db_key>/...".
+        let (lo, hi) = (format!("{db_key}/"), format!("{db_key}0"));
+        let mut out = Vec::new();
+        for item in t.range(lo.as_str()..hi.as_str())? {
+            let (k, v) = item?;
+            let name = k.value()[lo.len()..].to_string();
+            out.push((name, serde_json::from_slice(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Every object id referenced by any account (to clean up orphans after a crash).
+    pub fn all_object_ids(&self) -> Result<std::collections::HashSet<String>, AccountError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(OBJECTS)?;
+        let mut out = std::collections::HashSet::new();
+        for item in t.iter()? {
+            let (_, v) = item?;
+            out.insert(serde_json::from_slice::<ObjectRecord>(v.value())?.object_id);
+        }
+        Ok(out)
+    }
+
+    pub fn account_count(&self) -> Result<u64, AccountError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(ACCOUNTS)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str) -> ObjectRecord {
+        ObjectRecord { object_id: id.into(), stored_size: 10, size: 5, digest: "d".into(), stored_at: 1 }
+    }
+
+    #[test]
+    fn accounts_85_86_115() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Accounts::open(d.path()).unwrap();
+        let (k1, key1) = a.create().unwrap();
+        let (k2, _) = a.create().unwrap();
+        assert_ne!(k1, k2);
+        assert_eq!(*a.account_key(&k1).unwrap(), *key1);
+        assert!(matches!(a.account_key("nope"), Err(AccountError::UnknownAccount)));
+        assert!(a.put_object(&k1, "a.png", &rec("1")).unwrap().is_none());
+        assert_eq!(a.put_object(&k1, "a.png", &rec("2")).unwrap(), Some(rec("1")));
+        a.put_object(&k1, "b.png", &rec("3")).unwrap();
+        a.put_object(&k2, "c.png", &rec("4")).unwrap();
+        let names: Vec<_> = a.list_objects(&k1).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a.png", "b.png"]);
+        assert_eq!(a.delete_object(&k1, "a.png").unwrap(), Some(rec("2")));
+        assert_eq!(a.all_object_ids().unwrap().len(), 2);
+        drop(a);
+        // Reopen: same master key, same account key (durable).
+        let a = Accounts::open(d.path()).unwrap();
+        assert_eq!(*a.account_key(&k1).unwrap(), *key1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.path().join("master.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
