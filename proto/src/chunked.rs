@@ -168,7 +168,9 @@ impl Opener {
     pub fn frame(&self, prefix: &[u8; 5]) -> Result<(bool, usize), ChunkError> {
         let last = prefix[0] & LAST_FLAG != 0;
         let len = u32::from_be_bytes(prefix[1..].try_into().expect("4 bytes"));
-        if len < TAG_LEN as u32 || len > self.chunk_size + TAG_LEN as u32 || prefix[0] & !LAST_FLAG != 0
+        if len < TAG_LEN as u32
+            || len > self.chunk_size + TAG_LEN as u32
+            || prefix[0] & !LAST_FLAG != 0
         {
             return Err(ChunkError::FrameTooLarge {
                 index: self.counter,
@@ -189,7 +191,10 @@ impl Opener {
     }
 }
 
-async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<usize, std::io::Error> {
+async fn read_full<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> Result<usize, std::io::Error> {
     let mut filled = 0;
     while filled < buf.len() {
         let n = r.read(&mut buf[filled..]).await?;
@@ -327,10 +332,14 @@ mod tests {
             chunk_size: cs,
         };
         let mut ct = Vec::new();
-        let n = seal_stream(&key(), header, &data[..], &mut ct).await.unwrap();
+        let n = seal_stream(&key(), header, &data[..], &mut ct)
+            .await
+            .unwrap();
         assert_eq!(n, len as u64);
         let mut pt = Vec::new();
-        open_stream(&key(), &mut &ct[..], &mut pt, None).await.unwrap();
+        open_stream(&key(), &mut &ct[..], &mut pt, None)
+            .await
+            .unwrap();
         assert_eq!(pt, data);
         ct
     }
@@ -347,7 +356,9 @@ mod tests {
         let mut ct = roundtrip(40, 16).await;
         let i = HEADER_LEN + 5 + 3;
         ct[i] ^= 1;
-        let err = open_stream(&key(), &mut &ct[..], &mut Vec::new(), None).await.unwrap_err();
+        let err = open_stream(&key(), &mut &ct[..], &mut Vec::new(), None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ChunkError::Auth(0)), "{err}");
     }
 
@@ -357,12 +368,16 @@ mod tests {
         // Drop the last frame entirely: the stream ends before a last-flagged chunk.
         let frame = 5 + 16 + TAG_LEN;
         let cut = &ct[..HEADER_LEN + 2 * frame];
-        let err = open_stream(&key(), &mut &cut[..], &mut Vec::new(), None).await.unwrap_err();
+        let err = open_stream(&key(), &mut &cut[..], &mut Vec::new(), None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ChunkError::Truncated), "{err}");
         // Flipping the last flag onto an earlier chunk fails authentication.
         let mut forged = ct[..HEADER_LEN + frame].to_vec();
         forged[HEADER_LEN] = 1;
-        let err = open_stream(&key(), &mut &forged[..], &mut Vec::new(), None).await.unwrap_err();
+        let err = open_stream(&key(), &mut &forged[..], &mut Vec::new(), None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ChunkError::Auth(0)), "{err}");
     }
 
@@ -374,26 +389,43 @@ mod tests {
         swapped.extend_from_slice(&ct[HEADER_LEN + frame..HEADER_LEN + 2 * frame]);
         swapped.extend_from_slice(&ct[HEADER_LEN..HEADER_LEN + frame]);
         swapped.extend_from_slice(&ct[HEADER_LEN + 2 * frame..]);
-        let err = open_stream(&key(), &mut &swapped[..], &mut Vec::new(), None).await.unwrap_err();
+        let err = open_stream(&key(), &mut &swapped[..], &mut Vec::new(), None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ChunkError::Auth(0)), "{err}");
     }
 
     #[tokio::test]
     async fn limit_and_trailing_data() {
         let ct = roundtrip(100, 16).await;
-        let err = open_stream(&key(), &mut &ct[..], &mut Vec::new(), Some(50)).await.unwrap_err();
+        let err = open_stream(&key(), &mut &ct[..], &mut Vec::new(), Some(50))
+            .await
+            .unwrap_err();
         assert!(matches!(err, ChunkError::TooLarge(50)));
         let mut extra = ct.clone();
         extra.push(0);
-        let err = open_stream(&key(), &mut &extra[..], &mut Vec::new(), None).await.unwrap_err();
+        let err = open_stream(&key(), &mut &extra[..], &mut Vec::new(), None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ChunkError::TrailingData));
     }
 
     #[test]
     fn header_rejects_bad_values() {
-        let h = ChunkHeader { object_id: [0; 32], chunk_size: MAX_CHUNK_SIZE + 1 }.encode();
-        assert!(matches!(ChunkHeader::decode(&h), Err(ChunkError::BadChunkSize(_))));
-        let mut h = ChunkHeader { object_id: [0; 32], chunk_size: 16 }.encode();
+        let h = ChunkHeader {
+            object_id: [0; 32],
+            chunk_size: MAX_CHUNK_SIZE + 1,
+        }
+        .encode();
+        assert!(matches!(
+            ChunkHeader::decode(&h),
+            Err(ChunkError::BadChunkSize(_))
+        ));
+        let mut h = ChunkHeader {
+            object_id: [0; 32],
+            chunk_size: 16,
+        }
+        .encode();
         h[0] = b'X';
         assert!(matches!(ChunkHeader::decode(&h), Err(ChunkError::BadMagic)));
     }

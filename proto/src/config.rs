@@ -26,7 +26,10 @@ pub enum ConfigError {
 /// Parses YAML text; `path` is only used in error messages.
 pub fn parse_yaml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
     serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
         // serde_yaml appends "at line L column C" itself; keep the message clean.
         let message = e.to_string();
         let message = match message.find(" at line ") {
@@ -69,7 +72,8 @@ mod tests {
         let s = err.to_string();
         assert!(s.starts_with("svc.yaml:2:8: "), "{s}");
         assert!(s.contains("invalid type"), "{s}");
-        let err = parse_yaml::<Cfg>(Path::new("svc.yaml"), "listen: a\nlimit: 1\nbogus: 2\n").unwrap_err();
+        let err = parse_yaml::<Cfg>(Path::new("svc.yaml"), "listen: a\nlimit: 1\nbogus: 2\n")
+            .unwrap_err();
         let s = err.to_string();
         assert!(s.starts_with("svc.yaml:3:"), "{s}");
         assert!(s.contains("unknown field `bogus`"), "{s}");

@@ -149,14 +149,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let pk = <Kem as KemTrait>::PublicKey::from_bytes(service_public).map_err(|_| EnvelopeError::Open)?;
-    let (enc, ctx) = hpke::setup_sender::<Aead, Kdf, Kem, _>(
-        &OpModeS::Base,
-        &pk,
-        INFO,
-        &mut rand::rngs::OsRng,
-    )
-    .map_err(|_| EnvelopeError::Open)?;
+    let pk = <Kem as KemTrait>::PublicKey::from_bytes(service_public)
+        .map_err(|_| EnvelopeError::Open)?;
+    let (enc, ctx) =
+        hpke::setup_sender::<Aead, Kdf, Kem, _>(&OpModeS::Base, &pk, INFO, &mut rand::rngs::OsRng)
+            .map_err(|_| EnvelopeError::Open)?;
     let mut data_key = Zeroizing::new([0u8; 32]);
     ctx.export(EXPORT_LABEL, data_key.as_mut())
         .map_err(|_| EnvelopeError::Open)?;
@@ -191,14 +188,17 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut head = [0u8; 5 + 32];
-    r.read_exact(&mut head).await.map_err(|_| ChunkError::Truncated)?;
+    r.read_exact(&mut head)
+        .await
+        .map_err(|_| ChunkError::Truncated)?;
     if &head[..4] != MAGIC {
         return Err(EnvelopeError::BadMagic);
     }
     if head[4] != VERSION {
         return Err(EnvelopeError::BadVersion(head[4]));
     }
-    let enc = <Kem as KemTrait>::EncappedKey::from_bytes(&head[5..]).map_err(|_| EnvelopeError::Open)?;
+    let enc =
+        <Kem as KemTrait>::EncappedKey::from_bytes(&head[5..]).map_err(|_| EnvelopeError::Open)?;
     let ctx = hpke::setup_receiver::<Aead, Kdf, Kem>(&OpModeR::Base, &key.sk, &enc, INFO)
         .map_err(|_| EnvelopeError::Open)?;
     let mut data_key = Zeroizing::new([0u8; 32]);
@@ -214,10 +214,14 @@ where
     let mut buf = Vec::with_capacity(header.chunk_size as usize + TAG_LEN);
     loop {
         let mut prefix = [0u8; 5];
-        r.read_exact(&mut prefix).await.map_err(|_| ChunkError::Truncated)?;
+        r.read_exact(&mut prefix)
+            .await
+            .map_err(|_| ChunkError::Truncated)?;
         let (last, len) = opener.frame(&prefix)?;
         buf.resize(len, 0);
-        r.read_exact(&mut buf).await.map_err(|_| ChunkError::Truncated)?;
+        r.read_exact(&mut buf)
+            .await
+            .map_err(|_| ChunkError::Truncated)?;
         opener.open_chunk(&mut buf, last)?;
         let mut data: &[u8] = &buf;
         if manifest.is_none() {
@@ -228,7 +232,9 @@ where
             if prelude.len() >= 4 {
                 let mlen = u32::from_be_bytes(prelude[..4].try_into().expect("4")) as usize;
                 if mlen > MAX_MANIFEST {
-                    return Err(EnvelopeError::Manifest(format!("{mlen} bytes, over {MAX_MANIFEST}")));
+                    return Err(EnvelopeError::Manifest(format!(
+                        "{mlen} bytes, over {MAX_MANIFEST}"
+                    )));
                 }
                 let take = (4 + mlen - prelude.len()).min(data.len());
                 prelude.extend_from_slice(&data[..take]);
@@ -299,9 +305,13 @@ mod tests {
         let image: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
         let m = manifest(&image);
         let mut env = Vec::new();
-        seal_upload(&svc.public(), &m, &image[..], &mut env).await.unwrap();
+        seal_upload(&svc.public(), &m, &image[..], &mut env)
+            .await
+            .unwrap();
         let mut out = Vec::new();
-        let got = open_upload(&svc, &mut &env[..], &mut out, 1 << 20).await.unwrap();
+        let got = open_upload(&svc, &mut &env[..], &mut out, 1 << 20)
+            .await
+            .unwrap();
         assert_eq!(got, m);
         assert_eq!(out, image);
         got.verify(&test_key().public()).unwrap();
@@ -313,17 +323,31 @@ mod tests {
         let image = vec![1u8; 1000];
         let m = manifest(&image);
         let mut env = Vec::new();
-        seal_upload(&svc.public(), &m, &image[..], &mut env).await.unwrap();
+        seal_upload(&svc.public(), &m, &image[..], &mut env)
+            .await
+            .unwrap();
         let other = ServiceKey::generate();
-        let err = open_upload(&other, &mut &env[..], &mut Vec::new(), 1 << 20).await.unwrap_err();
-        assert!(matches!(err, EnvelopeError::Chunk(ChunkError::Auth(0))), "{err}");
+        let err = open_upload(&other, &mut &env[..], &mut Vec::new(), 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, EnvelopeError::Chunk(ChunkError::Auth(0))),
+            "{err}"
+        );
         let mut bad = env.clone();
         let n = bad.len();
         bad[n - 3] ^= 0x40;
-        assert!(open_upload(&svc, &mut &bad[..], &mut Vec::new(), 1 << 20).await.is_err());
+        assert!(open_upload(&svc, &mut &bad[..], &mut Vec::new(), 1 << 20)
+            .await
+            .is_err());
         let cut = &env[..env.len() - 10];
-        let err = open_upload(&svc, &mut &cut[..], &mut Vec::new(), 1 << 20).await.unwrap_err();
-        assert!(matches!(err, EnvelopeError::Chunk(ChunkError::Truncated)), "{err}");
+        let err = open_upload(&svc, &mut &cut[..], &mut Vec::new(), 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, EnvelopeError::Chunk(ChunkError::Truncated)),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -333,10 +357,17 @@ mod tests {
         let mut m = manifest(&image);
         m.size = 10; // lie about the size: the stream limit still holds
         let mut env = Vec::new();
-        seal_upload(&svc.public(), &m, &image[..], &mut env).await.unwrap();
+        seal_upload(&svc.public(), &m, &image[..], &mut env)
+            .await
+            .unwrap();
         let mut out = Vec::new();
-        let err = open_upload(&svc, &mut &env[..], &mut out, 100_000).await.unwrap_err();
-        assert!(matches!(err, EnvelopeError::Chunk(ChunkError::TooLarge(100_000))), "{err}");
+        let err = open_upload(&svc, &mut &env[..], &mut out, 100_000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, EnvelopeError::Chunk(ChunkError::TooLarge(100_000))),
+            "{err}"
+        );
         assert!(out.len() <= 100_000 + chunked::DEFAULT_CHUNK_SIZE as usize);
     }
 
@@ -345,6 +376,9 @@ mod tests {
         let image = vec![1u8; 10];
         let mut m = manifest(&image);
         m.file_name = "other.png".into();
-        assert!(matches!(m.verify(&test_key().public()), Err(EnvelopeError::Signature)));
+        assert!(matches!(
+            m.verify(&test_key().public()),
+            Err(EnvelopeError::Signature)
+        ));
     }
 }

@@ -13,7 +13,10 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Atomically replaces `path` with `bytes`, created with permission `mode` (e.g. 0o600 for keys).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -27,7 +30,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 
 /// Creates a new file with `mode`, failing if it exists (for keys that must never be overwritten).
 pub fn create_new(path: &Path, mode: u32) -> std::io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).mode(mode).open(path)
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
 }
 
 /// Removes a file and makes the removal durable. A missing file is not an error.
@@ -55,7 +62,10 @@ mod tests {
         write_atomic(&p, b"one", 0o600).unwrap();
         write_atomic(&p, b"two", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         // No temp files are left behind.
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
     }

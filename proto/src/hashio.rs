@@ -15,7 +15,11 @@ pub struct HashingWriter<W, D> {
 
 impl<W, D: Digest> HashingWriter<W, D> {
     pub fn new(inner: W) -> Self {
-        Self { inner, hasher: D::new(), written: 0 }
+        Self {
+            inner,
+            hasher: D::new(),
+            written: 0,
+        }
     }
     pub fn written(&self) -> u64 {
         self.written
@@ -29,7 +33,11 @@ impl<W, D: Digest> HashingWriter<W, D> {
 }
 
 impl<W: AsyncWrite + Unpin, D: Digest + Unpin> AsyncWrite for HashingWriter<W, D> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
@@ -57,7 +65,11 @@ pub struct HashingReader<R, D> {
 
 impl<R, D: Digest> HashingReader<R, D> {
     pub fn new(inner: R) -> Self {
-        Self { inner, hasher: D::new(), read: 0 }
+        Self {
+            inner,
+            hasher: D::new(),
+            read: 0,
+        }
     }
     pub fn read_bytes(&self) -> u64 {
         self.read
@@ -68,7 +80,11 @@ impl<R, D: Digest> HashingReader<R, D> {
 }
 
 impl<R: AsyncRead + Unpin, D: Digest + Unpin> AsyncRead for HashingReader<R, D> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);

@@ -9,7 +9,9 @@
 //! The private key may live on any path the user gives (the patent's removable medium, 0038),
 //! always encrypted under a passphrase (PKCS#8 PBES2: scrypt + AES-256-CBC) and mode 0600.
 
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rsa::pss::{Signature, SigningKey, VerifyingKey};
 use rsa::signature::{RandomizedSigner, SignatureEncoding, Verifier};
 use rsa::{Oaep, RsaPrivateKey, RsaPublicKey};
@@ -71,7 +73,11 @@ impl ClientKey {
     pub fn save(&self, path: &Path, passphrase: &str) -> Result<(), IdentityError> {
         let pem = self
             .private
-            .to_pkcs8_encrypted_pem(&mut rand::thread_rng(), passphrase.as_bytes(), LineEnding::LF)
+            .to_pkcs8_encrypted_pem(
+                &mut rand::thread_rng(),
+                passphrase.as_bytes(),
+                LineEnding::LF,
+            )
             .map_err(|e| IdentityError::PrivateKey {
                 path: path.display().to_string(),
                 reason: e.to_string(),
@@ -133,7 +139,10 @@ impl ClientPublicKey {
 
     /// The client id: hex SHA-256 of the SubjectPublicKeyInfo DER.
     pub fn fingerprint(&self) -> String {
-        let der = self.key.to_public_key_der().expect("an RSA public key always encodes");
+        let der = self
+            .key
+            .to_public_key_der()
+            .expect("an RSA public key always encodes");
         hex::encode(Sha256::digest(der.as_bytes()))
     }
 
@@ -178,7 +187,10 @@ pub(crate) mod tests {
 
     #[test]
     fn small_keys_are_refused() {
-        assert!(matches!(ClientKey::generate(1024), Err(IdentityError::TooSmall(1024))));
+        assert!(matches!(
+            ClientKey::generate(1024),
+            Err(IdentityError::TooSmall(1024))
+        ));
     }
 
     #[test]
@@ -189,7 +201,10 @@ pub(crate) mod tests {
         test_key().save(&path, "correct horse").unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("ENCRYPTED PRIVATE KEY"));
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let back = ClientKey::load(&path, "correct horse").unwrap();
         assert_eq!(back.public(), test_key().public());
         let err = ClientKey::load(&path, "wrong").err().unwrap().to_string();

@@ -14,9 +14,9 @@ pub mod password;
 pub mod pki;
 pub mod push;
 pub mod reason;
-pub mod server_key;
 #[cfg(feature = "server")]
 pub mod serve;
+pub mod server_key;
 pub mod tls;
 pub mod wire;
 

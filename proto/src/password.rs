@@ -25,7 +25,11 @@ pub struct ServerPassword {
 
 impl std::fmt::Debug for ServerPassword {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServerPassword {{ id: {}, secret: <redacted> }}", self.id_text())
+        write!(
+            f,
+            "ServerPassword {{ id: {}, secret: <redacted> }}",
+            self.id_text()
+        )
     }
 }
 
@@ -59,7 +63,9 @@ impl ServerPassword {
         Zeroizing::new(format!(
             "{PREFIX}{}_{}",
             self.id_text(),
-            BASE32_NOPAD.encode(self.secret.as_ref()).to_ascii_lowercase()
+            BASE32_NOPAD
+                .encode(self.secret.as_ref())
+                .to_ascii_lowercase()
         ))
     }
 
@@ -116,7 +122,11 @@ mod tests {
     #[test]
     fn malformed_passwords() {
         for bad in ["", "stk1_", "stk2_aa_bb", "stk1_abc_def", "stk1_!!!_???"] {
-            assert_eq!(ServerPassword::parse(bad).unwrap_err(), MalformedPassword, "{bad}");
+            assert_eq!(
+                ServerPassword::parse(bad).unwrap_err(),
+                MalformedPassword,
+                "{bad}"
+            );
         }
         let p = ServerPassword::generate();
         let mut t = p.reveal().to_string();

@@ -48,7 +48,11 @@ fn leaf(dir: &Path, ca: &Authority, stem: &str, names: &[String]) -> Result<(), 
 /// Writes a complete PKI into `dir`: `ca.pem`, `service.{pem,key}` for `service_names`,
 /// `stock.{pem,key}` for `stock_names`, `service-client-ca.pem`, `service-client.{pem,key}`,
 /// `monitor-ca.pem`, `monitor-client.{pem,key}`. CA private keys are not kept.
-pub fn generate(dir: &Path, service_names: &[String], stock_names: &[String]) -> Result<(), PkiError> {
+pub fn generate(
+    dir: &Path,
+    service_names: &[String],
+    stock_names: &[String],
+) -> Result<(), PkiError> {
     std::fs::create_dir_all(dir)?;
     let ca = authority("Stockade lab CA")?;
     write(dir, "ca.pem", &ca.cert.pem(), 0o644)?;
@@ -56,10 +60,20 @@ pub fn generate(dir: &Path, service_names: &[String], stock_names: &[String]) ->
     leaf(dir, &ca, "stock", stock_names)?;
     let sca = authority("Stockade service-client CA")?;
     write(dir, "service-client-ca.pem", &sca.cert.pem(), 0o644)?;
-    leaf(dir, &sca, "service-client", &["stockade-service".to_string()])?;
+    leaf(
+        dir,
+        &sca,
+        "service-client",
+        &["stockade-service".to_string()],
+    )?;
     let mca = authority("Stockade monitor CA")?;
     write(dir, "monitor-ca.pem", &mca.cert.pem(), 0o644)?;
-    leaf(dir, &mca, "monitor-client", &["stockade-monitor".to_string()])?;
+    leaf(
+        dir,
+        &mca,
+        "monitor-client",
+        &["stockade-monitor".to_string()],
+    )?;
     Ok(())
 }
 
@@ -70,12 +84,29 @@ mod tests {
     #[test]
     fn generates_usable_configs() {
         let d = tempfile::tempdir().unwrap();
-        generate(d.path(), &["127.0.0.1".into(), "localhost".into()], &["127.0.0.1".into()]).unwrap();
+        generate(
+            d.path(),
+            &["127.0.0.1".into(), "localhost".into()],
+            &["127.0.0.1".into()],
+        )
+        .unwrap();
         let p = d.path();
-        crate::tls::server_config(&p.join("stock.pem"), &p.join("stock.key"), Some(&p.join("service-client-ca.pem"))).unwrap();
-        crate::tls::client_config(&p.join("ca.pem"), Some((&p.join("service-client.pem"), &p.join("service-client.key")))).unwrap();
+        crate::tls::server_config(
+            &p.join("stock.pem"),
+            &p.join("stock.key"),
+            Some(&p.join("service-client-ca.pem")),
+        )
+        .unwrap();
+        crate::tls::client_config(
+            &p.join("ca.pem"),
+            Some((&p.join("service-client.pem"), &p.join("service-client.key"))),
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let m = std::fs::metadata(p.join("service.key")).unwrap().permissions().mode();
+        let m = std::fs::metadata(p.join("service.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(m & 0o777, 0o600);
     }
 }

@@ -79,7 +79,10 @@ mod tests {
 
     #[test]
     fn displays_code_and_words() {
-        assert_eq!(Refusal::Virus("Eicar-Test".into()).to_string(), "virus:Eicar-Test");
+        assert_eq!(
+            Refusal::Virus("Eicar-Test".into()).to_string(),
+            "virus:Eicar-Test"
+        );
         let j = serde_json::to_string(&Refusal::Corrupt("truncated".into())).unwrap();
         assert_eq!(j, r#"{"code":"corrupt","detail":"truncated"}"#);
     }

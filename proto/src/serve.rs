@@ -63,13 +63,18 @@ pub async fn serve_tls(
                 }
             };
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).into_owned();
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight requests did not finish within 10 s of shutdown");
     }
 }
@@ -109,7 +114,10 @@ pub fn metrics_router(registry: prometheus::Registry) -> Router {
             let body = render_metrics(&registry);
             async move {
                 (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
                     body,
                 )
             }
@@ -129,10 +137,16 @@ impl ApiError {
         Self { status, refusal }
     }
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(axum::http::StatusCode::BAD_REQUEST, crate::reason::Refusal::BadRequest(detail.into()))
+        Self::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            crate::reason::Refusal::BadRequest(detail.into()),
+        )
     }
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(axum::http::StatusCode::NOT_FOUND, crate::reason::Refusal::NotFound(detail.into()))
+        Self::new(
+            axum::http::StatusCode::NOT_FOUND,
+            crate::reason::Refusal::NotFound(detail.into()),
+        )
     }
     /// An internal failure: logged in full, answered without internals.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
@@ -146,6 +160,12 @@ impl ApiError {
 
 impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
-        (self.status, axum::Json(crate::wire::ErrorBody { refusal: self.refusal })).into_response()
+        (
+            self.status,
+            axum::Json(crate::wire::ErrorBody {
+                refusal: self.refusal,
+            }),
+        )
+            .into_response()
     }
 }

@@ -54,9 +54,13 @@ fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 /// A server config; with `client_ca`, clients must present a certificate issued by it.
-pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, TlsError> {
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?;
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(ca) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -75,7 +79,10 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
 }
 
 /// A client config pinned to `ca`, optionally presenting a client certificate.
-pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientConfig, TlsError> {
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca)?);

@@ -5,7 +5,7 @@
 //! - `GET  /v1/info` → [`ServiceInfo`]
 //! - `POST /v1/register` [`RegisterRequest`] → [`RegisterResponse`] (61, 71)
 //! - `POST /v1/upload-instructions` [`UploadInstructionRequest`] → [`UploadInstruction`] (72; 101, 106–109)
-//! - `POST /v1/uploads` body: the sealed envelope → [`UploadAccepted`] (63, 105)
+//! - `POST /v1/uploads` header [`TICKET_HEADER`], body: the sealed envelope → [`UploadAccepted`] (63, 105)
 //! - `GET  /v1/uploads/{id}` → [`UploadStatus`] (64–66, 77, 81, 82)
 //! - `POST /v1/downloads` [`DownloadRequest`] → [`DownloadResponse`] (121, 131–135)
 //! - `GET  /v1/files` → [`FileList`]
@@ -21,6 +21,10 @@
 //! - `DELETE /v1/accounts/{database_key}/objects/{name}` → 204
 
 use crate::reason::Refusal;
+
+/// The upload's ticket travels in this header as well as inside the signed manifest, so the
+/// service refuses an upload without a valid ticket before reading its body.
+pub const TICKET_HEADER: &str = "x-stockade-ticket";
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -190,6 +194,11 @@ pub struct PushRequest {
     pub file_name: String,
     pub destination: SocketAddr,
     pub nonce: String,
+}
+
+/// Decodes a 32-byte key written in hex (service upload keys, stock push keys).
+pub fn decode_hex32(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text).ok().and_then(|v| v.try_into().ok())
 }
 
 /// File names are chosen by clients: keep them to one safe path component.

@@ -17,7 +17,10 @@ use stockade_proto::hashio::HashingWriter;
 use stockade_proto::identity::ClientPublicKey;
 use stockade_proto::reason::Refusal;
 use stockade_proto::serve::ApiError;
-use stockade_proto::wire::{self, CreateAccountRequest, CreateAccountResponse, FileEntry, FileList, PushRequest, StockIdentity, StoredObject};
+use stockade_proto::wire::{
+    self, CreateAccountRequest, CreateAccountResponse, FileEntry, FileList, PushRequest,
+    StockIdentity, StoredObject,
+};
 use tokio::io::AsyncReadExt;
 
 type Res<T> = Result<T, ApiError>;
@@ -27,7 +30,10 @@ pub fn router(stock: Arc<Stock>) -> Router {
         .route("/v1/identity", get(identity))
         .route("/v1/accounts", post(create_account))
         .route("/v1/accounts/{db}/objects", get(list))
-        .route("/v1/accounts/{db}/objects/{name}", put(store).delete(delete))
+        .route(
+            "/v1/accounts/{db}/objects/{name}",
+            put(store).delete(delete),
+        )
         .route("/v1/accounts/{db}/push", post(push))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(stock)
@@ -40,7 +46,9 @@ fn account_err(e: AccountError) -> ApiError {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, AccountError> + Send + 'static) -> Res<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AccountError> + Send + 'static,
+) -> Res<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal("database task", e))?
@@ -48,25 +56,40 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, AccountError>
 }
 
 async fn identity(State(s): State<Arc<Stock>>) -> Json<StockIdentity> {
-    Json(StockIdentity { name: s.config.name.clone(), public_key: hex::encode(s.signing.public()) })
+    Json(StockIdentity {
+        name: s.config.name.clone(),
+        public_key: hex::encode(s.signing.public()),
+    })
 }
 
 /// 85–87: a new account; the account key goes back wrapped to the owner's RSA key, so the
 /// service only relays it (an RSA public-key operation: no private key is used here).
-async fn create_account(State(s): State<Arc<Stock>>, Json(req): Json<CreateAccountRequest>) -> Res<Json<CreateAccountResponse>> {
+async fn create_account(
+    State(s): State<Arc<Stock>>,
+    Json(req): Json<CreateAccountRequest>,
+) -> Res<Json<CreateAccountResponse>> {
     let owner = ClientPublicKey::from_pem(&req.owner_public_key_pem)
         .map_err(|e| ApiError::bad_request(format!("owner public key: {e}")))?;
     let s2 = s.clone();
     let (db_key, key) = blocking(move || s2.accounts.create()).await?;
-    let wrapped = owner.wrap_key(key.as_ref()).map_err(|e| ApiError::internal("wrap account key", e))?;
+    let wrapped = owner
+        .wrap_key(key.as_ref())
+        .map_err(|e| ApiError::internal("wrap account key", e))?;
     s.metrics.accounts_created.inc();
     s.metrics.accounts.inc();
     tracing::info!(database_key = %db_key, "account created (85, 86)");
-    Ok(Json(CreateAccountResponse { database_key: db_key, account_key_wrapped: data_encoding::BASE64.encode(&wrapped) }))
+    Ok(Json(CreateAccountResponse {
+        database_key: db_key,
+        account_key_wrapped: data_encoding::BASE64.encode(&wrapped),
+    }))
 }
 
 /// 78 → 85, 86 (and 112 → 115): encrypt the image under the account key and store it durably.
-async fn store(State(s): State<Arc<Stock>>, Path((db, name)): Path<(String, String)>, body: Body) -> Res<(StatusCode, Json<StoredObject>)> {
+async fn store(
+    State(s): State<Arc<Stock>>,
+    Path((db, name)): Path<(String, String)>,
+    body: Body,
+) -> Res<(StatusCode, Json<StoredObject>)> {
     wire::valid_file_name(&name).map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r))?;
     let started = std::time::Instant::now();
     let s2 = s.clone();
@@ -78,19 +101,38 @@ async fn store(State(s): State<Arc<Stock>>, Path((db, name)): Path<(String, Stri
     let max = s.config.max_object_bytes;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let mut reader = tokio_util::io::StreamReader::new(stream).take(max + 1);
-    let pending = s.store.create(&db).await.map_err(|e| ApiError::internal("create object", e))?;
+    let pending = s
+        .store
+        .create(&db)
+        .await
+        .map_err(|e| ApiError::internal("create object", e))?;
     let mut w = HashingWriter::<_, Sha512>::new(pending);
-    let header = ChunkHeader { object_id, chunk_size: chunked::DEFAULT_CHUNK_SIZE };
+    let header = ChunkHeader {
+        object_id,
+        chunk_size: chunked::DEFAULT_CHUNK_SIZE,
+    };
     let size = chunked::seal_stream(&key, header, &mut reader, &mut w)
         .await
         .map_err(|e| ApiError::bad_request(format!("receiving object: {e}")))?;
     if size > max {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, Refusal::TooLarge(format!("object over {max} bytes"))));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::TooLarge(format!("object over {max} bytes")),
+        ));
     }
     let stored_size = w.written();
     let (pending, digest) = w.finish();
-    s.store.commit(pending, &db, &oid).await.map_err(|e| ApiError::internal("commit object", e))?;
-    let rec = ObjectRecord { object_id: oid.clone(), stored_size, size, digest: hex::encode(&digest), stored_at: now_secs() };
+    s.store
+        .commit(pending, &db, &oid)
+        .await
+        .map_err(|e| ApiError::internal("commit object", e))?;
+    let rec = ObjectRecord {
+        object_id: oid.clone(),
+        stored_size,
+        size,
+        digest: hex::encode(&digest),
+        stored_at: now_secs(),
+    };
     let (s2, db2, name2, rec2) = (s.clone(), db.clone(), name.clone(), rec.clone());
     let old = blocking(move || s2.accounts.put_object(&db2, &name2, &rec2)).await?;
     if let Some(old) = old {
@@ -101,9 +143,18 @@ async fn store(State(s): State<Arc<Stock>>, Path((db, name)): Path<(String, Stri
     }
     s.metrics.objects_stored.inc();
     s.metrics.bytes_stored.inc_by(size);
-    s.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
+    s.metrics
+        .store_seconds
+        .observe(started.elapsed().as_secs_f64());
     tracing::info!(database_key = %db, object_id = %oid, size, "object stored (85, 86)");
-    Ok((StatusCode::CREATED, Json(StoredObject { object_id: oid, size, digest: rec.digest })))
+    Ok((
+        StatusCode::CREATED,
+        Json(StoredObject {
+            object_id: oid,
+            size,
+            digest: rec.digest,
+        }),
+    ))
 }
 
 async fn list(State(s): State<Arc<Stock>>, Path(db): Path<String>) -> Res<Json<FileList>> {
@@ -114,15 +165,28 @@ async fn list(State(s): State<Arc<Stock>>, Path(db): Path<String>) -> Res<Json<F
     }
     let items = blocking(move || s.accounts.list_objects(&db)).await?;
     Ok(Json(FileList {
-        files: items.into_iter().map(|(name, r)| FileEntry { name, size: r.size, stored_at: r.stored_at }).collect(),
+        files: items
+            .into_iter()
+            .map(|(name, r)| FileEntry {
+                name,
+                size: r.size,
+                stored_at: r.stored_at,
+            })
+            .collect(),
     }))
 }
 
-async fn delete(State(s): State<Arc<Stock>>, Path((db, name)): Path<(String, String)>) -> Res<StatusCode> {
+async fn delete(
+    State(s): State<Arc<Stock>>,
+    Path((db, name)): Path<(String, String)>,
+) -> Res<StatusCode> {
     let (s2, db2, name2) = (s.clone(), db.clone(), name.clone());
     match blocking(move || s2.accounts.delete_object(&db2, &name2)).await? {
         Some(rec) => {
-            s.store.remove(&db, &rec.object_id).await.map_err(|e| ApiError::internal("remove object", e))?;
+            s.store
+                .remove(&db, &rec.object_id)
+                .await
+                .map_err(|e| ApiError::internal("remove object", e))?;
             s.metrics.objects_deleted.inc();
             tracing::info!(database_key = %db, "object deleted");
             Ok(StatusCode::NO_CONTENT)
@@ -133,10 +197,16 @@ async fn delete(State(s): State<Arc<Stock>>, Path((db, name)): Path<(String, Str
 
 /// 135 → 137: accept the service's instruction and push in the background. The push runs
 /// after the answer so the service can hand the nonce to the client, who is already listening.
-async fn push(State(s): State<Arc<Stock>>, Path(db): Path<String>, Json(req): Json<PushRequest>) -> Res<StatusCode> {
+async fn push(
+    State(s): State<Arc<Stock>>,
+    Path(db): Path<String>,
+    Json(req): Json<PushRequest>,
+) -> Res<StatusCode> {
     wire::valid_file_name(&req.file_name).map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r))?;
     if req.nonce.len() != 32 || hex::decode(&req.nonce).is_err() {
-        return Err(ApiError::bad_request("nonce must be 16 random bytes in hex"));
+        return Err(ApiError::bad_request(
+            "nonce must be 16 random bytes in hex",
+        ));
     }
     let (s2, db2, name2) = (s.clone(), db.clone(), req.file_name.clone());
     let rec = blocking(move || s2.accounts.get_object(&db2, &name2))
@@ -144,6 +214,13 @@ async fn push(State(s): State<Arc<Stock>>, Path(db): Path<String>, Json(req): Js
         .ok_or_else(|| ApiError::not_found(format!("no file named {:?}", req.file_name)))?;
     let mut dest = req.destination;
     dest.set_port(s.config.push_port);
-    tokio::spawn(crate::push::push_object(s, db, req.file_name, rec, dest, req.nonce));
+    tokio::spawn(crate::push::push_object(
+        s,
+        db,
+        req.file_name,
+        rec,
+        dest,
+        req.nonce,
+    ));
     Ok(StatusCode::ACCEPTED)
 }

@@ -33,7 +33,15 @@ pub enum AccountError {
 macro_rules! db_err {
     ($($t:ty),*) => {$(impl From<$t> for AccountError { fn from(e: $t) -> Self { Self::Db(e.to_string()) } })*};
 }
-db_err!(redb::Error, redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, serde_json::Error);
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    serde_json::Error
+);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct AccountRecord {
@@ -72,11 +80,12 @@ impl Accounts {
         std::fs::create_dir_all(data_dir).map_err(|e| AccountError::Db(e.to_string()))?;
         let mpath = data_dir.join("master.key");
         let master = if mpath.exists() {
-            let bytes = Zeroizing::new(std::fs::read(&mpath).map_err(|e| AccountError::MasterKey(e.to_string()))?);
-            let arr: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| AccountError::MasterKey(format!("{} is not 32 bytes", mpath.display())))?;
+            let bytes = Zeroizing::new(
+                std::fs::read(&mpath).map_err(|e| AccountError::MasterKey(e.to_string()))?,
+            );
+            let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                AccountError::MasterKey(format!("{} is not 32 bytes", mpath.display()))
+            })?;
             Zeroizing::new(arr)
         } else {
             let mut k = Zeroizing::new([0u8; 32]);
@@ -108,7 +117,13 @@ impl Accounts {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = self
             .cipher()
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: key.as_ref(), aad: db_key.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: key.as_ref(),
+                    aad: db_key.as_bytes(),
+                },
+            )
             .map_err(|_| AccountError::Unwrap)?;
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&ct);
@@ -117,7 +132,8 @@ impl Accounts {
             created_at: now_secs(),
         };
         let w = self.db.begin_write()?;
-        w.open_table(ACCOUNTS)?.insert(db_key.as_str(), serde_json::to_vec(&rec)?.as_slice())?;
+        w.open_table(ACCOUNTS)?
+            .insert(db_key.as_str(), serde_json::to_vec(&rec)?.as_slice())?;
         w.commit()?;
         Ok((db_key, key))
     }
@@ -128,13 +144,21 @@ impl Accounts {
         let t = r.open_table(ACCOUNTS)?;
         let v = t.get(db_key)?.ok_or(AccountError::UnknownAccount)?;
         let rec: AccountRecord = serde_json::from_slice(v.value())?;
-        let blob = data_encoding::BASE64.decode(rec.wrapped_key.as_bytes()).map_err(|_| AccountError::Unwrap)?;
+        let blob = data_encoding::BASE64
+            .decode(rec.wrapped_key.as_bytes())
+            .map_err(|_| AccountError::Unwrap)?;
         if blob.len() < 12 {
             return Err(AccountError::Unwrap);
         }
         let pt = Zeroizing::new(
             self.cipher()
-                .decrypt(Nonce::from_slice(&blob[..12]), Payload { msg: &blob[12..], aad: db_key.as_bytes() })
+                .decrypt(
+                    Nonce::from_slice(&blob[..12]),
+                    Payload {
+                        msg: &blob[12..],
+                        aad: db_key.as_bytes(),
+                    },
+                )
                 .map_err(|_| AccountError::Unwrap)?,
         );
         let arr: [u8; 32] = pt.as_slice().try_into().map_err(|_| AccountError::Unwrap)?;
@@ -147,7 +171,12 @@ impl Accounts {
     }
 
     /// Files an object under the account; returns the record it replaced, if any.
-    pub fn put_object(&self, db_key: &str, name: &str, rec: &ObjectRecord) -> Result<Option<ObjectRecord>, AccountError> {
+    pub fn put_object(
+        &self,
+        db_key: &str,
+        name: &str,
+        rec: &ObjectRecord,
+    ) -> Result<Option<ObjectRecord>, AccountError> {
         let key = format!("{db_key}/{name}");
         let w = self.db.begin_write()?;
         let old = {
@@ -162,7 +191,11 @@ impl Accounts {
         Ok(old)
     }
 
-    pub fn get_object(&self, db_key: &str, name: &str) -> Result<Option<ObjectRecord>, AccountError> {
+    pub fn get_object(
+        &self,
+        db_key: &str,
+        name: &str,
+    ) -> Result<Option<ObjectRecord>, AccountError> {
         let r = self.db.begin_read()?;
         let t = r.open_table(OBJECTS)?;
         let v = t.get(format!("{db_key}/{name}").as_str())?;
@@ -172,7 +205,11 @@ impl Accounts {
         })
     }
 
-    pub fn delete_object(&self, db_key: &str, name: &str) -> Result<Option<ObjectRecord>, AccountError> {
+    pub fn delete_object(
+        &self,
+        db_key: &str,
+        name: &str,
+    ) -> Result<Option<ObjectRecord>, AccountError> {
         let w = self.db.begin_write()?;
         let old = {
             let mut t = w.open_table(OBJECTS)?;
@@ -224,7 +261,13 @@ mod tests {
     use super::*;
 
     fn rec(id: &str) -> ObjectRecord {
-        ObjectRecord { object_id: id.into(), stored_size: 10, size: 5, digest: "d".into(), stored_at: 1 }
+        ObjectRecord {
+            object_id: id.into(),
+            stored_size: 10,
+            size: 5,
+            digest: "d".into(),
+            stored_at: 1,
+        }
     }
 
     #[test]
@@ -235,12 +278,23 @@ mod tests {
         let (k2, _) = a.create().unwrap();
         assert_ne!(k1, k2);
         assert_eq!(*a.account_key(&k1).unwrap(), *key1);
-        assert!(matches!(a.account_key("nope"), Err(AccountError::UnknownAccount)));
+        assert!(matches!(
+            a.account_key("nope"),
+            Err(AccountError::UnknownAccount)
+        ));
         assert!(a.put_object(&k1, "a.png", &rec("1")).unwrap().is_none());
-        assert_eq!(a.put_object(&k1, "a.png", &rec("2")).unwrap(), Some(rec("1")));
+        assert_eq!(
+            a.put_object(&k1, "a.png", &rec("2")).unwrap(),
+            Some(rec("1"))
+        );
         a.put_object(&k1, "b.png", &rec("3")).unwrap();
         a.put_object(&k2, "c.png", &rec("4")).unwrap();
-        let names: Vec<_> = a.list_objects(&k1).unwrap().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<_> = a
+            .list_objects(&k1)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(names, ["a.png", "b.png"]);
         assert_eq!(a.delete_object(&k1, "a.png").unwrap(), Some(rec("2")));
         assert_eq!(a.all_object_ids().unwrap().len(), 2);
@@ -249,7 +303,10 @@ mod tests {
         let a = Accounts::open(d.path()).unwrap();
         assert_eq!(*a.account_key(&k1).unwrap(), *key1);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.path().join("master.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.path().join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -4,10 +4,16 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
-use stockade_stock::{api, config::StockConfig, database_key::Accounts, metrics::Metrics, store::FsStore, Stock};
+use stockade_stock::{
+    api, config::StockConfig, database_key::Accounts, metrics::Metrics, store::FsStore, Stock,
+};
 
 #[derive(Parser)]
-#[command(name = "stockade-stock", version, about = "Stockade stock server: per-account encryption, durable object store, one-way push to clients")]
+#[command(
+    name = "stockade-stock",
+    version,
+    about = "Stockade stock server: per-account encryption, durable object store, one-way push to clients"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -44,19 +50,38 @@ async fn main() -> anyhow::Result<()> {
 async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = StockConfig::load(&config_path)?;
     let accounts = Accounts::open(&config.data_dir).context("opening the account database")?;
-    let store = FsStore::new(&config.data_dir.join("objects")).context("opening the object store")?;
-    let removed = store.cleanup(&accounts.all_object_ids()?).context("cleaning up after a crash")?;
+    let store =
+        FsStore::new(&config.data_dir.join("objects")).context("opening the object store")?;
+    let removed = store
+        .cleanup(&accounts.all_object_ids()?)
+        .context("cleaning up after a crash")?;
     if removed > 0 {
-        tracing::warn!(removed, "removed unreferenced or partial objects left by an earlier crash");
+        tracing::warn!(
+            removed,
+            "removed unreferenced or partial objects left by an earlier crash"
+        );
     }
-    let signing = stockade_proto::server_key::ServerSigningKey::load_or_create(&config.data_dir.join("push.key"))?;
+    let signing = stockade_proto::server_key::ServerSigningKey::load_or_create(
+        &config.data_dir.join("push.key"),
+    )?;
     let metrics = Metrics::new();
     metrics.accounts.set(accounts.account_count()? as i64);
-    let api_tls = stockade_proto::tls::server_config(&config.tls.cert, &config.tls.key, Some(&config.tls.service_client_ca))?;
-    let metrics_tls = stockade_proto::tls::server_config(&config.tls.cert, &config.tls.key, Some(&config.tls.monitor_ca))?;
-    let api_listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let metrics_listener =
-        tokio::net::TcpListener::bind(config.metrics_listen).await.with_context(|| format!("binding {}", config.metrics_listen))?;
+    let api_tls = stockade_proto::tls::server_config(
+        &config.tls.cert,
+        &config.tls.key,
+        Some(&config.tls.service_client_ca),
+    )?;
+    let metrics_tls = stockade_proto::tls::server_config(
+        &config.tls.cert,
+        &config.tls.key,
+        Some(&config.tls.monitor_ca),
+    )?;
+    let api_listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", config.metrics_listen))?;
     let stock = Arc::new(Stock {
         push_slots: Arc::new(tokio::sync::Semaphore::new(config.push_concurrency)),
         config,
@@ -68,7 +93,11 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
     let shutdown = stockade_proto::serve::shutdown_signal();
     tracing::info!(api = %stock.config.listen, metrics = %stock.config.metrics_listen, name = %stock.config.name, "stock server listening");
     if let Some(p) = &pid_file {
-        stockade_proto::fsutil::write_atomic(p, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
+        stockade_proto::fsutil::write_atomic(
+            p,
+            format!("{}\n", std::process::id()).as_bytes(),
+            0o644,
+        )?;
     }
     let m = tokio::spawn(stockade_proto::serve::serve_tls(
         metrics_listener,

@@ -21,18 +21,38 @@ impl Metrics {
         let registry = Registry::new();
         let c = |name: &str, help: &str| {
             let m = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(m.clone())).expect("unique metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
             m
         };
-        let objects_stored = c("stockade_stock_objects_stored_total", "Objects stored durably (78, 85, 86).");
-        let bytes_stored = c("stockade_stock_stored_bytes_total", "Plaintext bytes received for storage.");
+        let objects_stored = c(
+            "stockade_stock_objects_stored_total",
+            "Objects stored durably (78, 85, 86).",
+        );
+        let bytes_stored = c(
+            "stockade_stock_stored_bytes_total",
+            "Plaintext bytes received for storage.",
+        );
         let objects_deleted = c("stockade_stock_objects_deleted_total", "Objects deleted.");
-        let accounts_created = c("stockade_stock_accounts_created_total", "Accounts created (85-87).");
-        let push_bytes = c("stockade_stock_push_bytes_total", "Bytes pushed to clients (137).");
-        let accounts = IntGauge::new("stockade_stock_accounts", "Accounts on this stock server.").expect("valid");
-        registry.register(Box::new(accounts.clone())).expect("unique");
+        let accounts_created = c(
+            "stockade_stock_accounts_created_total",
+            "Accounts created (85-87).",
+        );
+        let push_bytes = c(
+            "stockade_stock_push_bytes_total",
+            "Bytes pushed to clients (137).",
+        );
+        let accounts = IntGauge::new("stockade_stock_accounts", "Accounts on this stock server.")
+            .expect("valid");
+        registry
+            .register(Box::new(accounts.clone()))
+            .expect("unique");
         let pushes = IntCounterVec::new(
-            Opts::new("stockade_stock_pushes_total", "Pushes to clients by result (137)."),
+            Opts::new(
+                "stockade_stock_pushes_total",
+                "Pushes to clients by result (137).",
+            ),
             &["result"],
         )
         .expect("valid");
@@ -42,14 +62,21 @@ impl Metrics {
         }
         let h = |name: &str, help: &str| {
             let m = Histogram::with_opts(
-                HistogramOpts::new(name, help).buckets(prometheus::exponential_buckets(0.001, 4.0, 10).expect("valid")),
+                HistogramOpts::new(name, help)
+                    .buckets(prometheus::exponential_buckets(0.001, 4.0, 10).expect("valid")),
             )
             .expect("valid");
             registry.register(Box::new(m.clone())).expect("unique");
             m
         };
-        let store_seconds = h("stockade_stock_store_seconds", "Time to encrypt and durably store an object.");
-        let push_seconds = h("stockade_stock_push_seconds", "Time to push an object to a client.");
+        let store_seconds = h(
+            "stockade_stock_store_seconds",
+            "Time to encrypt and durably store an object.",
+        );
+        let push_seconds = h(
+            "stockade_stock_push_seconds",
+            "Time to push an object to a client.",
+        );
         Self {
             registry,
             objects_stored,

@@ -30,14 +30,22 @@ pub async fn push_object(
     destination: SocketAddr,
     nonce: String,
 ) -> Result<u64, PushFailure> {
-    let _slot = stock.push_slots.clone().acquire_owned().await.expect("semaphore is never closed");
+    let _slot = stock
+        .push_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("semaphore is never closed");
     let started = Instant::now();
     let limit = Duration::from_secs(stock.config.push_timeout_secs);
     let res = tokio::time::timeout(limit, async {
-        let mut tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(destination))
-            .await
-            .map_err(|_| PushFailure::Connect(destination, "timed out".into()))?
-            .map_err(|e| PushFailure::Connect(destination, e.to_string()))?;
+        let mut tcp = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(destination),
+        )
+        .await
+        .map_err(|_| PushFailure::Connect(destination, "timed out".into()))?
+        .map_err(|e| PushFailure::Connect(destination, e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         // We only ever write: close our read half so nothing the client sends is consumed.
         let header = PushHeader {
@@ -48,8 +56,14 @@ pub async fn push_object(
             size: rec.stored_size,
         };
         let io = |e: std::io::Error| PushFailure::Io(destination, e.to_string());
-        tcp.write_all(&encode_preamble(&header, &stock.signing)).await.map_err(io)?;
-        let mut file = stock.store.open(&db_key, &rec.object_id).await.map_err(io)?;
+        tcp.write_all(&encode_preamble(&header, &stock.signing))
+            .await
+            .map_err(io)?;
+        let mut file = stock
+            .store
+            .open(&db_key, &rec.object_id)
+            .await
+            .map_err(io)?;
         let n = tokio::io::copy(&mut file, &mut tcp).await.map_err(io)?;
         tcp.shutdown().await.map_err(io)?;
         Ok::<u64, PushFailure>(n)

@@ -16,7 +16,8 @@ pub trait ObjectStore {
     /// Starts a new object; nothing is visible until `commit`.
     async fn create(&self, db_key: &str) -> io::Result<Self::Pending>;
     /// Makes the object durable and visible under `object_id`.
-    async fn commit(&self, pending: Self::Pending, db_key: &str, object_id: &str) -> io::Result<()>;
+    async fn commit(&self, pending: Self::Pending, db_key: &str, object_id: &str)
+        -> io::Result<()>;
     async fn open(&self, db_key: &str, object_id: &str) -> io::Result<Self::Reader>;
     /// Durable removal; a missing object is not an error.
     async fn remove(&self, db_key: &str, object_id: &str) -> io::Result<()>;
@@ -46,15 +47,30 @@ impl AsyncWrite for PendingFile {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        let f = self.file.as_mut().expect("pending file is open until commit");
+        let f = self
+            .file
+            .as_mut()
+            .expect("pending file is open until commit");
         std::pin::Pin::new(f).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
-        let f = self.file.as_mut().expect("pending file is open until commit");
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let f = self
+            .file
+            .as_mut()
+            .expect("pending file is open until commit");
         std::pin::Pin::new(f).poll_flush(cx)
     }
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
-        let f = self.file.as_mut().expect("pending file is open until commit");
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let f = self
+            .file
+            .as_mut()
+            .expect("pending file is open until commit");
         std::pin::Pin::new(f).poll_shutdown(cx)
     }
 }
@@ -63,14 +79,19 @@ fn check_component(s: &str) -> io::Result<()> {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit()) {
         Ok(())
     } else {
-        Err(io::Error::new(io::ErrorKind::InvalidInput, "object path component must be hex"))
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "object path component must be hex",
+        ))
     }
 }
 
 impl FsStore {
     pub fn new(root: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(root)?;
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     fn dir(&self, db_key: &str) -> io::Result<PathBuf> {
@@ -111,14 +132,29 @@ impl ObjectStore for FsStore {
         let mut rnd = [0u8; 12];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut rnd);
         let path = dir.join(format!(".tmp-{}", hex::encode(rnd)));
-        let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
-        Ok(PendingFile { file: Some(file), path })
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?;
+        Ok(PendingFile {
+            file: Some(file),
+            path,
+        })
     }
 
-    async fn commit(&self, mut pending: PendingFile, db_key: &str, object_id: &str) -> io::Result<()> {
+    async fn commit(
+        &self,
+        mut pending: PendingFile,
+        db_key: &str,
+        object_id: &str,
+    ) -> io::Result<()> {
         check_component(object_id)?;
         let dir = self.dir(db_key)?;
-        let file = pending.file.take().expect("pending file is open until commit");
+        let file = pending
+            .file
+            .take()
+            .expect("pending file is open until commit");
         let tmp = pending.path.clone();
         let fin = dir.join(object_id);
         let res = async {
@@ -129,7 +165,9 @@ impl ObjectStore for FsStore {
             drop(file);
             tokio::fs::rename(&tmp, &fin).await?;
             let d = dir.clone();
-            tokio::task::spawn_blocking(move || stockade_proto::fsutil::sync_dir(&d)).await.map_err(io::Error::other)?
+            tokio::task::spawn_blocking(move || stockade_proto::fsutil::sync_dir(&d))
+                .await
+                .map_err(io::Error::other)?
         }
         .await;
         if res.is_err() {
@@ -146,7 +184,9 @@ impl ObjectStore for FsStore {
     async fn remove(&self, db_key: &str, object_id: &str) -> io::Result<()> {
         check_component(object_id)?;
         let p = self.dir(db_key)?.join(object_id);
-        tokio::task::spawn_blocking(move || stockade_proto::fsutil::remove_durable(&p)).await.map_err(io::Error::other)?
+        tokio::task::spawn_blocking(move || stockade_proto::fsutil::remove_durable(&p))
+            .await
+            .map_err(io::Error::other)?
     }
 }
 

@@ -1,0 +1,177 @@
+//! The service server's YAML config (one type, loaded by `stockade_proto::config`).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Client API (HTTPS), the public side.
+    pub listen: SocketAddr,
+    /// Prometheus metrics (plain HTTP): bind it to the management address only.
+    pub metrics_listen: SocketAddr,
+    /// Operator review socket (root-only Unix socket, 0600): never on the network.
+    pub admin_socket: PathBuf,
+    /// Database, quarantine, keys.
+    pub data_dir: PathBuf,
+    pub tls: TlsFiles,
+    /// Fig. 12: one or more stock servers; an account lives on one of them.
+    pub stock_servers: Vec<StockServer>,
+    pub clamd: Clamd,
+    #[serde(default)]
+    pub review: Review,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Seconds an upload instruction (ticket) stays valid.
+    #[serde(default = "default_ticket_ttl")]
+    pub ticket_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The service's HTTPS certificate and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA that issued the stock servers' certificates.
+    pub stock_ca: PathBuf,
+    /// The service's client certificate for mutual TLS to the stock servers.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockServer {
+    /// The name recorded with each server password (80).
+    pub name: String,
+    /// e.g. https://198.51.100.50:7443
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clamd {
+    /// `tcp://127.0.0.1:3310` or a Unix socket path `/run/clamav/clamd.ctl`.
+    pub address: String,
+    #[serde(default = "default_clamd_timeout")]
+    pub timeout_secs: u64,
+    /// Must not exceed clamd's StreamMaxLength (the service refuses larger uploads first).
+    #[serde(default = "default_clamd_stream_max")]
+    pub stream_max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Review {
+    /// 93 decided by policy instead of an operator. Only for the lab demo: the virus (91) and
+    /// integrity (92) checks still run.
+    #[serde(default)]
+    pub auto_approve_ethics: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_max_upload")]
+    pub max_upload_bytes: u64,
+    #[serde(default = "default_max_dim")]
+    pub max_width: u32,
+    #[serde(default = "default_max_dim")]
+    pub max_height: u32,
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+    /// Largest allocation the decoder may make.
+    #[serde(default = "default_max_decoded")]
+    pub max_decoded_bytes: u64,
+    #[serde(default = "default_decode_timeout")]
+    pub decode_timeout_secs: u64,
+    /// Reviews (scan + decode) running at once.
+    #[serde(default = "default_review_concurrency")]
+    pub review_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: default_max_upload(),
+            max_width: default_max_dim(),
+            max_height: default_max_dim(),
+            max_pixels: default_max_pixels(),
+            max_decoded_bytes: default_max_decoded(),
+            decode_timeout_secs: default_decode_timeout(),
+            review_concurrency: default_review_concurrency(),
+        }
+    }
+}
+
+fn default_ticket_ttl() -> u64 {
+    600
+}
+fn default_clamd_timeout() -> u64 {
+    30
+}
+fn default_clamd_stream_max() -> u64 {
+    100 << 20
+}
+fn default_max_upload() -> u64 {
+    50 << 20
+}
+fn default_max_dim() -> u32 {
+    16384
+}
+fn default_max_pixels() -> u64 {
+    100_000_000
+}
+fn default_max_decoded() -> u64 {
+    512 << 20
+}
+fn default_decode_timeout() -> u64 {
+    20
+}
+fn default_review_concurrency() -> usize {
+    2
+}
+
+impl ServiceConfig {
+    pub fn load(path: &Path) -> Result<Self, stockade_proto::config::ConfigError> {
+        let mut c: Self = stockade_proto::config::load_yaml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut c.data_dir,
+            &mut c.admin_socket,
+            &mut c.tls.cert,
+            &mut c.tls.key,
+            &mut c.tls.stock_ca,
+            &mut c.tls.client_cert,
+            &mut c.tls.client_key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        let invalid = |message: String| stockade_proto::config::ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if c.stock_servers.is_empty() {
+            return Err(invalid(
+                "stock_servers: at least one stock server is required".into(),
+            ));
+        }
+        if c.limits.max_upload_bytes > c.clamd.stream_max_bytes {
+            return Err(invalid(format!(
+                "limits.max_upload_bytes ({}) must not exceed clamd.stream_max_bytes ({}): clamd would skip the rest",
+                c.limits.max_upload_bytes, c.clamd.stream_max_bytes
+            )));
+        }
+        if c.limits.review_concurrency == 0 {
+            return Err(invalid(
+                "limits.review_concurrency must be at least 1".into(),
+            ));
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,293 @@
+//! The service's embedded database (redb): registered client keys (71), server password
+//! records (80), upload tickets (72, 109) and the quarantine queue (74). Every commit is durable
+//! when it returns.
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::path::Path;
+use stockade_proto::reason::Refusal;
+
+const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
+const PASSWORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("passwords");
+const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
+const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+
+#[derive(Debug, thiserror::Error)]
+#[error("database: {0}")]
+pub struct DbError(pub String);
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(impl From<$t> for DbError { fn from(e: $t) -> Self { Self(e.to_string()) } })*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    serde_json::Error
+);
+
+/// 80: what a server password opens: the stock server and database key it is bound to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasswordRecord {
+    /// Hex HMAC-SHA256(pepper, secret).
+    pub hash: String,
+    pub stock_server: String,
+    pub database_key: String,
+    /// The client that created the account; only it may delete or rotate.
+    pub owner: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ticket {
+    pub client_id: String,
+    /// Set for a re-upload (109): the password id of the account.
+    pub password_id: Option<String>,
+    pub expires_at: u64,
+}
+
+/// Where an upload is in Fig. 5.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Stage {
+    /// 91, 92 running.
+    Checking,
+    /// 93: waiting for the operator.
+    AwaitingOperator,
+    /// 94: approved; being delivered to the stock server (78).
+    Approved { note: String },
+    /// 95, 76, 77: erased, with the reason.
+    Refused { refusal: Refusal },
+    /// 78–82 done.
+    Stored {
+        stock_server: String,
+        server_password_wrapped: Option<String>,
+        account_key_wrapped: Option<String>,
+    },
+}
+
+/// One upload in the quarantine queue (74) and its outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub id: String,
+    pub client_id: String,
+    pub file_name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub password_id: Option<String>,
+    pub created_at: u64,
+    /// Results of each check so far: ("virus", "clean"), ("integrity", "png 640x480").
+    pub checks: Vec<(String, String)>,
+    pub stage: Stage,
+    /// First upload: the account made on the stock server (so a retry does not make another).
+    pub new_account: Option<NewAccount>,
+    pub operator: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewAccount {
+    pub stock_server: String,
+    pub database_key: String,
+    pub account_key_wrapped: String,
+}
+
+pub struct Db {
+    db: Database,
+}
+
+fn get<T: DeserializeOwned>(
+    db: &Database,
+    t: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, DbError> {
+    let r = db.begin_read()?;
+    let table = r.open_table(t)?;
+    let v = table.get(key)?;
+    Ok(match v {
+        Some(v) => Some(serde_json::from_slice(v.value())?),
+        None => None,
+    })
+}
+
+fn put<T: Serialize>(
+    db: &Database,
+    t: TableDefinition<&str, &[u8]>,
+    key: &str,
+    v: &T,
+) -> Result<(), DbError> {
+    let w = db.begin_write()?;
+    w.open_table(t)?
+        .insert(key, serde_json::to_vec(v)?.as_slice())?;
+    w.commit()?;
+    Ok(())
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let db = Database::create(path)?;
+        let w = db.begin_write()?;
+        for t in [CLIENTS, PASSWORDS, TICKETS, UPLOADS] {
+            w.open_table(t)?;
+        }
+        w.commit()?;
+        Ok(Self { db })
+    }
+
+    /// 71: store the client's public key (idempotent: the id is its fingerprint).
+    pub fn put_client(&self, client_id: &str, pem: &str) -> Result<(), DbError> {
+        put(&self.db, CLIENTS, client_id, &pem)
+    }
+
+    pub fn client(&self, client_id: &str) -> Result<Option<String>, DbError> {
+        get(&self.db, CLIENTS, client_id)
+    }
+
+    pub fn put_password(&self, id: &str, rec: &PasswordRecord) -> Result<(), DbError> {
+        put(&self.db, PASSWORDS, id, rec)
+    }
+
+    pub fn password(&self, id: &str) -> Result<Option<PasswordRecord>, DbError> {
+        get(&self.db, PASSWORDS, id)
+    }
+
+    /// Rotation (79–82 again): the new record and the removal of the old one in one commit.
+    pub fn replace_password(
+        &self,
+        old_id: &str,
+        new_id: &str,
+        rec: &PasswordRecord,
+    ) -> Result<(), DbError> {
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(PASSWORDS)?;
+            t.remove(old_id)?;
+            t.insert(new_id, serde_json::to_vec(rec)?.as_slice())?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    pub fn put_ticket(&self, ticket: &str, t: &Ticket) -> Result<(), DbError> {
+        put(&self.db, TICKETS, ticket, t)
+    }
+
+    /// Removes and returns a ticket: each ticket is good for exactly one upload.
+    pub fn take_ticket(&self, ticket: &str) -> Result<Option<Ticket>, DbError> {
+        let w = self.db.begin_write()?;
+        let v = {
+            let mut t = w.open_table(TICKETS)?;
+            let v = t.remove(ticket)?;
+            match v {
+                Some(v) => Some(serde_json::from_slice(v.value())?),
+                None => None,
+            }
+        };
+        w.commit()?;
+        Ok(v)
+    }
+
+    /// Drops expired tickets; returns how many.
+    pub fn expire_tickets(&self, now: u64) -> Result<usize, DbError> {
+        let w = self.db.begin_write()?;
+        let n = {
+            let mut t = w.open_table(TICKETS)?;
+            let expired: Vec<String> = t
+                .iter()?
+                .filter_map(|e| e.ok())
+                .filter(|(_, v)| {
+                    serde_json::from_slice::<Ticket>(v.value())
+                        .map(|t| t.expires_at < now)
+                        .unwrap_or(true)
+                })
+                .map(|(k, _)| k.value().to_string())
+                .collect();
+            for k in &expired {
+                t.remove(k.as_str())?;
+            }
+            expired.len()
+        };
+        w.commit()?;
+        Ok(n)
+    }
+
+    pub fn put_upload(&self, rec: &UploadRecord) -> Result<(), DbError> {
+        put(&self.db, UPLOADS, &rec.id, rec)
+    }
+
+    pub fn upload(&self, id: &str) -> Result<Option<UploadRecord>, DbError> {
+        get(&self.db, UPLOADS, id)
+    }
+
+    pub fn uploads(&self) -> Result<Vec<UploadRecord>, DbError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(UPLOADS)?;
+        let mut out = Vec::new();
+        for e in t.iter()? {
+            let (_, v) = e?;
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_are_single_use() {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::open(&d.path().join("db")).unwrap();
+        db.put_ticket(
+            "t",
+            &Ticket {
+                client_id: "c".into(),
+                password_id: None,
+                expires_at: 10,
+            },
+        )
+        .unwrap();
+        assert!(db.take_ticket("t").unwrap().is_some());
+        assert!(db.take_ticket("t").unwrap().is_none());
+        db.put_ticket(
+            "old",
+            &Ticket {
+                client_id: "c".into(),
+                password_id: None,
+                expires_at: 5,
+            },
+        )
+        .unwrap();
+        db.put_ticket(
+            "new",
+            &Ticket {
+                client_id: "c".into(),
+                password_id: None,
+                expires_at: 50,
+            },
+        )
+        .unwrap();
+        assert_eq!(db.expire_tickets(10).unwrap(), 1);
+        assert!(db.take_ticket("new").unwrap().is_some());
+    }
+
+    #[test]
+    fn password_rotation_replaces_atomically() {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::open(&d.path().join("db")).unwrap();
+        let rec = PasswordRecord {
+            hash: "h".into(),
+            stock_server: "s".into(),
+            database_key: "k".into(),
+            owner: "o".into(),
+            created_at: 1,
+        };
+        db.put_password("a", &rec).unwrap();
+        db.replace_password("a", "b", &rec).unwrap();
+        assert!(db.password("a").unwrap().is_none());
+        assert!(db.password("b").unwrap().is_some());
+    }
+}

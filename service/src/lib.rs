@@ -1,0 +1,79 @@
+//! Service server 40 of patent JP H11-73391: the public face of Stockade.
+//!
+//! Clients register their keys (61, 71), get upload instructions (72, 109), upload sealed
+//! images (63, 105) that wait in quarantine (74) for the review of Fig. 5 (`review`); approved
+//! images go on to a stock server (78, 112), and the service issues and checks the server
+//! passwords (`password`, 79–82, 106–108, 131–133) and asks the stock server to push downloads
+//! straight to the client (135). It never stores approved images itself.
+
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod metrics;
+pub mod password;
+pub mod review;
+pub mod stock_client;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use zeroize::Zeroizing;
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub struct Service {
+    pub config: config::ServiceConfig,
+    pub db: db::Db,
+    /// HMAC key for server password hashes (0600 file in the data directory).
+    pub pepper: Zeroizing<Vec<u8>>,
+    pub upload_key: stockade_proto::envelope::ServiceKey,
+    pub stock: stock_client::StockClients,
+    pub metrics: metrics::Metrics,
+    pub review_slots: tokio::sync::Semaphore,
+    /// Owner-request nonces seen within the replay window (nonce → expiry).
+    pub owner_nonces: Mutex<std::collections::HashMap<String, u64>>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Service {
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.config.data_dir.join("quarantine")
+    }
+
+    pub fn quarantine_path(&self, id: &str) -> PathBuf {
+        self.quarantine_dir().join(id)
+    }
+
+    /// 76 / 78: erase a quarantined upload, durably.
+    pub fn erase_quarantined(&self, id: &str) {
+        if let Err(e) = stockade_proto::fsutil::remove_durable(&self.quarantine_path(id)) {
+            tracing::error!(upload = %id, error = %e, "erasing quarantined upload");
+        }
+        self.refresh_quarantine_gauge();
+    }
+
+    pub fn refresh_quarantine_gauge(&self) {
+        let n = std::fs::read_dir(self.quarantine_dir())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0);
+        self.metrics.quarantine.set(n as i64);
+    }
+
+    /// Fig. 12: which stock server a new account goes to. Stable per client, spread evenly.
+    pub fn pick_stock(&self, client_id: &str) -> String {
+        let names: Vec<&str> = self.stock.names().collect();
+        let h = client_id
+            .bytes()
+            .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize));
+        names[h % names.len()].to_string()
+    }
+}
