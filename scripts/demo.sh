@@ -67,7 +67,7 @@ CONF
 wait_for "[ -S '$STATE/admin.sock' ]"
 
 client() { local who=$1; shift; STOCKADE_HOME="$STATE/$who" STOCKADE_SERVICE=https://127.0.0.1:18443 STOCKADE_CA="$STATE/pki/ca.pem" \
-  STOCKADE_BIND=$([ "$who" = client1 ] && echo 127.0.0.101 || echo 127.0.0.220) STOCKADE_PASSPHRASE="demo passphrase of $who" \
+  STOCKADE_BIND=$([ "$who" = client1 ] && echo 127.0.0.101 || echo 127.0.0.220) STOCKADE_PASSPHRASE="demo passphrase of $who" RUST_LOG=warn \
   "$BIN/stockade" "$@"; }
 mkdir -p "$STATE/client1" "$STATE/client2"
 python3 - "$STATE/photo.png" <<'PY'

@@ -136,20 +136,27 @@ sleep 1
 BRIDGE=$(measure "kernel bridge")
 ip -n "${P}mid" link del dev br0
 
-# The userspace plane.
-ip netns exec "${P}mid" "$BIN" run --rules "$WORK/rules.yaml" --outside a --inside b \
-    --metrics 127.0.0.1:9108 --ctl "$WORK/ctl.sock" 2>"$WORK/gw.log" &
-GW_PID=$!
-for _ in $(seq 50); do [ -S "$WORK/ctl.sock" ] && break; sleep 0.1; done
-sleep 1
-GATEWAY=$(measure "stockade-gateway userspace")
-METRICS=$(ip netns exec "${P}mid" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9108; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' |
-    grep -E '^stockade_gateway_(drops_total\{reason="(no_rule|checksum|invalid_state)"|decision_seconds_(sum|count))' || true)
+# The userspace plane, with each frame I/O.
+declare -A GW
+for IO in batched pnet; do
+    rm -f "$WORK/ctl.sock"
+    ip netns exec "${P}mid" "$BIN" run --rules "$WORK/rules.yaml" --outside a --inside b --io $IO \
+        --metrics 127.0.0.1:9108 --ctl "$WORK/ctl.sock" 2>"$WORK/gw-$IO.log" &
+    GW_PID=$!
+    for _ in $(seq 50); do [ -S "$WORK/ctl.sock" ] && break; sleep 0.1; done
+    sleep 1
+    GW[$IO]=$(measure "stockade-gateway userspace ($IO)")
+    METRICS=$(ip netns exec "${P}mid" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9108; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' |
+        grep -E '^stockade_gateway_(drops_total\{reason="(no_rule|checksum|invalid_state|malformed)"|decision_seconds_(sum|count))' || true)
+    echo "$IO: $(echo "$METRICS" | tr '\n' ' ')" >&2
+    kill "$GW_PID"; wait "$GW_PID" || true; GW_PID=""
+done
 
 echo
 echo "64-byte UDP, one flow, trafgen on CPU 0, rx over ${SECS} s, median of ${RUNS}; receiver: $SINK"
 echo "bridge-nf-call-iptables=$NF4 bridge-nf-call-ip6tables=$NF6 (in the bridge's namespace)"
-echo "kernel bridge:        $BRIDGE pps"
-echo "stockade-gateway:     $GATEWAY pps"
-awk -v g="$GATEWAY" -v b="$BRIDGE" 'BEGIN { if (b > 0) printf "ratio:                %.2fx of the bridge\n", g / b }'
-echo "$METRICS"
+echo "kernel bridge:                       $BRIDGE pps"
+for IO in batched pnet; do
+    awk -v io="$IO" -v g="${GW[$IO]}" -v b="$BRIDGE" \
+        'BEGIN { printf "stockade-gateway (%-7s):          %d pps = %.2fx of the bridge\n", io, g, (b > 0 ? g / b : 0) }'
+done

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use crate::conntrack::{ConnTable, FlowKey, FlowState};
 use crate::packet::{self, ArpInfo, IpPacket, MacAddr, Packet, PacketKind, Port, L4};
-use crate::rules::{FlowQuery, Policy, RuleAction, Ruleset};
+use crate::rules::{AddrInfo, FlowQuery, Policy, RuleAction, Ruleset};
 
 /// Which way a packet crosses the gateway. Inbound = from the outside port toward the inside
 /// (stock) port; outbound = from the inside port toward the outside.
@@ -243,14 +243,13 @@ pub fn decide(now: Instant, rules: &Ruleset, pkt: &Packet, table: &mut ConnTable
 
 /// The source may arrive on this port, and with this MAC if it is pinned.
 #[inline]
-fn source_ok(rules: &Ruleset, port: Port, src: IpAddr, macs: &[MacAddr]) -> bool {
-    let inside = rules.is_inside_source(src);
+fn source_ok(src: &AddrInfo, port: Port, macs: &[MacAddr]) -> bool {
     let port_ok = match port {
-        Port::Inside => inside,
-        Port::Outside => !inside,
+        Port::Inside => src.inside,
+        Port::Outside => !src.inside,
     };
     port_ok
-        && match rules.pin(src) {
+        && match src.pin {
             Some(pinned) => macs.iter().all(|m| *m == pinned),
             None => true,
         }
@@ -258,13 +257,13 @@ fn source_ok(rules: &Ruleset, port: Port, src: IpAddr, macs: &[MacAddr]) -> bool
 
 fn decide_arp(rules: &Ruleset, pkt: &Packet, arp: &ArpInfo) -> Verdict {
     let dir = pkt.port.direction();
-    let sender = IpAddr::V4(arp.sender_ip);
+    let sender = rules.addr_info(IpAddr::V4(arp.sender_ip));
     // An ARP probe (RFC 5227) has sender 0.0.0.0; only its target must be known.
     let probe = arp.sender_ip.is_unspecified();
-    if !rules.is_known(IpAddr::V4(arp.target_ip)) || (!probe && !rules.is_known(sender)) {
+    if !rules.is_known(IpAddr::V4(arp.target_ip)) || (!probe && !sender.known) {
         return Verdict::drop(dir, DropReason::ArpUnknown, None);
     }
-    if !probe && !source_ok(rules, pkt.port, sender, &[pkt.src_mac, arp.sender_mac]) {
+    if !probe && !source_ok(sender, pkt.port, &[pkt.src_mac, arp.sender_mac]) {
         return Verdict::drop(dir, DropReason::Spoofed, None);
     }
     Verdict::forward(dir, None)
@@ -279,12 +278,13 @@ fn decide_ip(
 ) -> Verdict {
     let dir = pkt.port.direction();
     let settings = rules.settings();
+    let src_info = rules.addr_info(ip.src);
 
     if ip.fragment {
         // Fragments carry no ports to match; they may only follow a tracked two-way flow.
         let pass = settings.fragments == Policy::Forward
             && ip.checksum_ok
-            && source_ok(rules, pkt.port, ip.src, &[pkt.src_mac])
+            && source_ok(src_info, pkt.port, &[pkt.src_mac])
             && table.pair_admits(ip.proto, ip.src, ip.dst);
         return if pass {
             Verdict::forward(dir, None)
@@ -301,7 +301,7 @@ fn decide_ip(
     // IPv6 neighbour discovery passes only for addresses the rules know; it never opens
     // a flow (DESIGN.md: "as far as the topology needs").
     if let Some(i) = icmp.filter(|i| i.is_ndp()) {
-        let src_known = ip.src.is_unspecified() || rules.is_known(ip.src);
+        let src_known = ip.src.is_unspecified() || src_info.known;
         let target_known = match i.icmp_type {
             135 | 136 => i.nd_target.is_some_and(|t| rules.is_known(IpAddr::V6(t))),
             // Router solicitations/advertisements and redirects: the topology has no router.
@@ -313,7 +313,7 @@ fn decide_ip(
         if !ip.checksum_ok {
             return Verdict::drop(dir, DropReason::Checksum, None);
         }
-        if !ip.src.is_unspecified() && !source_ok(rules, pkt.port, ip.src, &[pkt.src_mac]) {
+        if !ip.src.is_unspecified() && !source_ok(src_info, pkt.port, &[pkt.src_mac]) {
             return Verdict::drop(dir, DropReason::Spoofed, None);
         }
         return Verdict::forward(dir, None);
@@ -323,7 +323,7 @@ fn decide_ip(
     if !ip.checksum_ok {
         return Verdict::drop(dir, DropReason::Checksum, None);
     }
-    if !source_ok(rules, pkt.port, ip.src, &[pkt.src_mac]) {
+    if !source_ok(src_info, pkt.port, &[pkt.src_mac]) {
         return Verdict::drop(dir, DropReason::Spoofed, None);
     }
 
@@ -410,7 +410,7 @@ fn decide_ip(
         return Verdict::drop(dir, DropReason::InvalidState, None);
     }
     let q = query(ip);
-    let Some(r) = rules.first_match(dir, &q) else {
+    let Some(r) = rules.first_match_with(dir, src_info, rules.addr_info(ip.dst), &q) else {
         return Verdict::drop(dir, DropReason::NoRule, None);
     };
     let rule = &rules.rules()[r];

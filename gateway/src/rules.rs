@@ -797,48 +797,105 @@ impl CompiledRule {
     }
 }
 
-/// A longest-prefix-match table from address to the set of rules containing it.
+/// Everything the core needs to know about one address, found with one LPM lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrInfo {
+    /// May be a source on the inside (stock) port.
+    pub inside: bool,
+    /// Mentioned by the rules (ARP / neighbour discovery pass only for these).
+    pub known: bool,
+    /// The MAC this exact address is pinned to.
+    pub pin: Option<MacAddr>,
+    /// Bitsets of the rules whose [inbound src, outbound src, inbound dst, outbound dst]
+    /// contain the address (indices into `Ruleset::bitsets`).
+    bits: [u32; 4],
+}
+
+/// An address no stored prefix contains.
+const NO_INFO: AddrInfo = AddrInfo {
+    inside: false,
+    known: false,
+    pin: None,
+    bits: [0; 4],
+};
+
+/// What one stored prefix contributes before merging with the prefixes containing it.
+#[derive(Clone, Debug, Default)]
+struct Own {
+    bits: [Vec<u64>; 4],
+    inside: bool,
+    known: bool,
+    pin: Option<MacAddr>,
+}
+
+/// One longest-prefix-match table per family from address to [`AddrInfo`]. Each prefix's
+/// info is already merged with that of every shorter prefix containing it (rule bits and the
+/// inside/known flags are inherited; a pin belongs to its exact address only), so a single
+/// LPM lookup answers everything about an address.
 #[derive(Debug, Default)]
-struct BitTable {
+struct AddrTable {
     v4: PrefixMap<Ipv4Net, u32>,
     v6: PrefixMap<Ipv6Net, u32>,
+    infos: Vec<AddrInfo>,
+    /// Interned rule bitsets; index 0 is all zeroes.
     bitsets: Vec<Box<[u64]>>,
 }
 
-impl BitTable {
-    /// `entries`: (prefix, rule index). `words`: bitset width in u64 words.
-    fn build(entries: &[(IpNet, usize)], words: usize) -> BitTable {
-        let mut own: BTreeMap<IpNet, Vec<u64>> = BTreeMap::new();
-        for &(net, rule) in entries {
-            let bits = own.entry(net.trunc()).or_insert_with(|| vec![0; words]);
-            bits[rule / 64] |= 1 << (rule % 64);
-        }
+impl AddrTable {
+    fn build(own: BTreeMap<IpNet, Own>, words: usize) -> AddrTable {
+        let mut t = AddrTable {
+            bitsets: vec![vec![0; words].into_boxed_slice()],
+            ..Default::default()
+        };
+        let mut bit_ids: HashMap<Box<[u64]>, u32> = HashMap::new();
+        bit_ids.insert(t.bitsets[0].clone(), 0);
+        let mut info_ids: HashMap<AddrInfo, u32> = HashMap::new();
         // Shorter prefixes first, so each prefix's containing prefixes are already in the trie
-        // and its merged bitset is its own bits OR the nearest containing prefix's merged bits.
-        let mut order: Vec<(IpNet, Vec<u64>)> = own.into_iter().collect();
+        // and the nearest one carries everything inherited.
+        let mut order: Vec<(IpNet, Own)> = own.into_iter().collect();
         order.sort_by_key(|(n, _)| n.prefix_len());
-        let mut t = BitTable::default();
-        let mut intern: HashMap<Box<[u64]>, u32> = HashMap::new();
-        for (net, mut bits) in order {
+        for (net, mut o) in order {
             let parent = match net {
                 IpNet::V4(n) => t.v4.get_lpm(&n).map(|(_, &i)| i),
                 IpNet::V6(n) => t.v6.get_lpm(&n).map(|(_, &i)| i),
-            };
-            if let Some(p) = parent {
-                for (b, pb) in bits.iter_mut().zip(t.bitsets[p as usize].iter()) {
-                    *b |= pb;
-                }
             }
-            let bits = bits.into_boxed_slice();
-            let id = match intern.get(&bits) {
-                Some(&id) => id,
-                None => {
-                    let id = t.bitsets.len() as u32;
-                    t.bitsets.push(bits.clone());
-                    intern.insert(bits, id);
-                    id
-                }
+            .map(|i| t.infos[i as usize]);
+            let mut info = AddrInfo {
+                inside: o.inside,
+                known: o.known,
+                pin: o.pin,
+                bits: [0; 4],
             };
+            for (k, own_bits) in o.bits.iter_mut().enumerate() {
+                let mut bits = if own_bits.is_empty() {
+                    vec![0; words]
+                } else {
+                    std::mem::take(own_bits)
+                };
+                if let Some(p) = parent {
+                    for (b, pb) in bits.iter_mut().zip(t.bitsets[p.bits[k] as usize].iter()) {
+                        *b |= pb;
+                    }
+                }
+                let bits = bits.into_boxed_slice();
+                info.bits[k] = match bit_ids.get(&bits) {
+                    Some(&id) => id,
+                    None => {
+                        let id = t.bitsets.len() as u32;
+                        t.bitsets.push(bits.clone());
+                        bit_ids.insert(bits, id);
+                        id
+                    }
+                };
+            }
+            if let Some(p) = parent {
+                info.inside |= p.inside;
+                info.known |= p.known;
+            }
+            let id = *info_ids.entry(info).or_insert_with(|| {
+                t.infos.push(info);
+                (t.infos.len() - 1) as u32
+            });
             match net {
                 IpNet::V4(n) => {
                     t.v4.insert(n, id);
@@ -852,39 +909,14 @@ impl BitTable {
     }
 
     #[inline]
-    fn lookup(&self, ip: IpAddr) -> Option<&[u64]> {
+    fn lookup(&self, ip: IpAddr) -> &AddrInfo {
         let id = match ip {
-            IpAddr::V4(a) => *self.v4.get_lpm(&Ipv4Net::from(a))?.1,
-            IpAddr::V6(a) => *self.v6.get_lpm(&Ipv6Net::from(a))?.1,
+            IpAddr::V4(a) => self.v4.get_lpm(&Ipv4Net::from(a)).map(|(_, &i)| i),
+            IpAddr::V6(a) => self.v6.get_lpm(&Ipv6Net::from(a)).map(|(_, &i)| i),
         };
-        Some(&self.bitsets[id as usize])
-    }
-}
-
-/// A set of prefixes answering "is this address inside?" with one LPM lookup.
-#[derive(Debug, Default)]
-struct PrefixSet {
-    v4: PrefixMap<Ipv4Net, ()>,
-    v6: PrefixMap<Ipv6Net, ()>,
-}
-
-impl PrefixSet {
-    fn insert(&mut self, net: IpNet) {
-        match net.trunc() {
-            IpNet::V4(n) => {
-                self.v4.insert(n, ());
-            }
-            IpNet::V6(n) => {
-                self.v6.insert(n, ());
-            }
-        }
-    }
-
-    #[inline]
-    fn contains(&self, ip: IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(a) => self.v4.get_lpm(&Ipv4Net::from(a)).is_some(),
-            IpAddr::V6(a) => self.v6.get_lpm(&Ipv6Net::from(a)).is_some(),
+        match id {
+            Some(i) => &self.infos[i as usize],
+            None => &NO_INFO,
         }
     }
 }
@@ -896,12 +928,7 @@ pub struct Ruleset {
     rules: Vec<CompiledRule>,
     settings: Settings,
     words: usize,
-    /// Indexed by `dir_index(direction)`.
-    src: [BitTable; 2],
-    dst: [BitTable; 2],
-    inside: PrefixSet,
-    known: PrefixSet,
-    pins: HashMap<IpAddr, MacAddr>,
+    table: AddrTable,
     inside_cidrs: Vec<IpNet>,
 }
 
@@ -1091,51 +1118,52 @@ impl Ruleset {
         }
 
         let words = rules.len().div_ceil(64).max(1);
-        let mut src_e: [Vec<(IpNet, usize)>; 2] = Default::default();
-        let mut dst_e: [Vec<(IpNet, usize)>; 2] = Default::default();
+        let mut own: BTreeMap<IpNet, Own> = BTreeMap::new();
+        fn at<'m>(own: &'m mut BTreeMap<IpNet, Own>, net: &IpNet) -> &'m mut Own {
+            own.entry(net.trunc()).or_default()
+        }
         for (i, r) in rules.iter().enumerate() {
             let d = dir_index(r.direction);
-            src_e[d].extend(r.src.iter().map(|n| (*n, i)));
-            dst_e[d].extend(r.dst.iter().map(|n| (*n, i)));
+            for (k, nets) in [(d, &r.src), (2 + d, &r.dst)] {
+                for n in nets {
+                    let o = at(&mut own, n);
+                    if o.bits[k].is_empty() {
+                        o.bits[k] = vec![0; words];
+                    }
+                    o.bits[k][i / 64] |= 1 << (i % 64);
+                }
+            }
         }
-        let build = |e: &[Vec<(IpNet, usize)>; 2]| {
-            [BitTable::build(&e[0], words), BitTable::build(&e[1], words)]
-        };
-
-        let mut inside = PrefixSet::default();
         for n in &inside_cidrs {
-            inside.insert(*n);
+            let o = at(&mut own, n);
+            o.inside = true;
+            o.known = true;
         }
         // Addresses "the rules know" (ARP/NDP pass only for these): every set, every inline
         // CIDR, the inside sources and the pins. `any` does not make every address known.
-        let mut known = PrefixSet::default();
         for n in file.sets.values().flatten() {
-            known.insert(n.0);
-        }
-        for n in &inside_cidrs {
-            known.insert(*n);
+            at(&mut own, &n.0).known = true;
         }
         for r in &file.rules {
             for a in r.src.iter().chain(r.dst.iter()) {
                 if let AddrRef::Cidr(c) = a {
-                    known.insert(c.0);
+                    at(&mut own, &c.0).known = true;
                 }
             }
         }
-        for a in pins.keys() {
-            known.insert(IpNet::from(*a));
+        for (a, mac) in &pins {
+            let o = at(&mut own, &IpNet::from(*a));
+            o.known = true;
+            o.pin = Some(*mac);
         }
+        let table = AddrTable::build(own, words);
 
         Ok(Ruleset {
             names,
-            src: build(&src_e),
-            dst: build(&dst_e),
             rules,
             settings: s.clone(),
             words,
-            inside,
-            known,
-            pins,
+            table,
             inside_cidrs,
         })
     }
@@ -1163,9 +1191,21 @@ impl Ruleset {
     /// The first rule (in file order) of this direction that matches, whatever its action.
     #[inline]
     pub fn first_match(&self, dir: Direction, q: &FlowQuery) -> Option<usize> {
+        self.first_match_with(dir, self.addr_info(q.src), self.addr_info(q.dst), q)
+    }
+
+    /// [`Ruleset::first_match`] with the addresses already looked up.
+    #[inline]
+    pub fn first_match_with(
+        &self,
+        dir: Direction,
+        src: &AddrInfo,
+        dst: &AddrInfo,
+        q: &FlowQuery,
+    ) -> Option<usize> {
         let d = dir_index(dir);
-        let s = self.src[d].lookup(q.src)?;
-        let t = self.dst[d].lookup(q.dst)?;
+        let s = &self.table.bitsets[src.bits[d] as usize];
+        let t = &self.table.bitsets[dst.bits[2 + d] as usize];
         for w in 0..self.words {
             let mut m = s[w] & t[w];
             while m != 0 {
@@ -1179,30 +1219,33 @@ impl Ruleset {
         None
     }
 
+    /// Everything the rules say about an address (one LPM lookup).
+    #[inline]
+    pub fn addr_info(&self, ip: IpAddr) -> &AddrInfo {
+        self.table.lookup(ip)
+    }
+
     /// True if `ip` may be a source on the inside (stock) port.
     #[inline]
     pub fn is_inside_source(&self, ip: IpAddr) -> bool {
-        self.inside.contains(ip)
-    }
-
-    /// The resolved `inside_sources`.
-    pub fn inside_sources(&self) -> &[IpNet] {
-        &self.inside_cidrs
+        self.addr_info(ip).inside
     }
 
     /// The MAC an address is pinned to.
     #[inline]
     pub fn pin(&self, ip: IpAddr) -> Option<MacAddr> {
-        if self.pins.is_empty() {
-            return None;
-        }
-        self.pins.get(&ip).copied()
+        self.addr_info(ip).pin
     }
 
     /// True if the rules mention this address (for ARP / neighbour discovery).
     #[inline]
     pub fn is_known(&self, ip: IpAddr) -> bool {
-        self.known.contains(ip)
+        self.addr_info(ip).known
+    }
+
+    /// The resolved `inside_sources`.
+    pub fn inside_sources(&self) -> &[IpNet] {
+        &self.inside_cidrs
     }
 }
 

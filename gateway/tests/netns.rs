@@ -93,6 +93,7 @@ fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -
 
 struct Lab {
     prefix: String,
+    io: &'static str,
     dir: tempfile::TempDir,
     rules: PathBuf,
     ctl: PathBuf,
@@ -106,13 +107,16 @@ impl Lab {
         format!("{}{name}", self.prefix)
     }
 
-    fn new() -> Lab {
-        let prefix = format!("sgw{}-", std::process::id());
+    /// `io` selects the gateway's frame I/O; it also tags the namespaces, so both variants
+    /// can run at once.
+    fn new(io: &'static str) -> Lab {
+        let prefix = format!("sgw{}{}-", std::process::id(), &io[..1]);
         let dir = tempfile::tempdir().unwrap();
         let lab = Lab {
             rules: dir.path().join("rules.yaml"),
             ctl: dir.path().join("ctl.sock"),
             prefix,
+            io,
             dir,
             gateway: None,
             stop: Arc::new(AtomicBool::new(false)),
@@ -293,6 +297,7 @@ impl Lab {
             ])
             .arg("--rules")
             .arg(&self.rules)
+            .args(["--io", self.io])
             .args(["--metrics", METRICS])
             .arg("--ctl")
             .arg(&self.ctl)
@@ -763,13 +768,22 @@ fn rules_yaml(stock_ll: Ipv6Addr, with_service: bool) -> String {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn firewall45_end_to_end() {
+fn firewall45_end_to_end_batched_io() {
+    firewall45_end_to_end("batched");
+}
+
+#[test]
+fn firewall45_end_to_end_pnet_io() {
+    firewall45_end_to_end("pnet");
+}
+
+fn firewall45_end_to_end(io: &'static str) {
     if !is_root() {
-        eprintln!("firewall45_end_to_end: SKIPPED, needs root (network namespaces)");
+        eprintln!("firewall45_end_to_end({io}): SKIPPED, needs root (network namespaces)");
         return;
     }
     let started = Instant::now();
-    let mut lab = Lab::new();
+    let mut lab = Lab::new(io);
     let stock_ll = lab.stock_link_local();
     let ns_client = lab.ns("client");
     let ns_svc = lab.ns("svc");
@@ -1178,7 +1192,7 @@ fn firewall45_end_to_end() {
     assert!(!l.join().unwrap(), "a connection crossed a stopped gateway");
 
     eprintln!(
-        "firewall45_end_to_end: passed in {:.1} s",
+        "firewall45_end_to_end({io}): passed in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

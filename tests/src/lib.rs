@@ -16,11 +16,13 @@ pub const VIRUS_NAME: &str = "Stockade.Test.Marker";
 /// Directory holding the workspace's built binaries (target/debug).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/debug/deps/<test> → target/debug
-    exe.parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .to_path_buf()
+    // target/<profile>/deps/<test> or target/<profile>/<bench binary> → target/<profile>
+    let dir = exe.parent().expect("binary has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -148,6 +150,8 @@ pub struct Options {
     pub stock_servers: usize,
     pub max_upload_bytes: u64,
     pub start_clamd: bool,
+    /// Overrides the stock servers' push port (benchmarks push to a local sink).
+    pub push_port: Option<u16>,
 }
 
 impl Default for Options {
@@ -157,6 +161,7 @@ impl Default for Options {
             stock_servers: 2,
             max_upload_bytes: 20 << 20,
             start_clamd: true,
+            push_port: None,
         }
     }
 }
@@ -215,7 +220,8 @@ impl System {
                 &config,
                 format!(
                     "name: {name}\nlisten: 127.0.0.1:{port}\nmetrics_listen: 127.0.0.1:{metrics_port}\ndata_dir: {name}-data\n\
-                     tls:\n  cert: pki/stock.pem\n  key: pki/stock.key\n  service_client_ca: pki/service-client-ca.pem\n  monitor_ca: pki/monitor-ca.pem\n"
+                     tls:\n  cert: pki/stock.pem\n  key: pki/stock.key\n  service_client_ca: pki/service-client-ca.pem\n  monitor_ca: pki/monitor-ca.pem\n{}",
+                    opts.push_port.map(|p| format!("push_port: {p}\n")).unwrap_or_default()
                 ),
             )
             .unwrap();

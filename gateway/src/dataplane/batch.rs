@@ -48,7 +48,10 @@ impl Batch {
                 iov_len: frame_size,
             })
             .collect();
-        let empty_iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        let empty_iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
         let mut me = Batch {
             frame_size,
             bufs,

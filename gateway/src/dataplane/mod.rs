@@ -165,8 +165,14 @@ impl Gateway {
     /// larger than any frame the plane forwards).
     pub fn count_undecided(&self, port: Port, reason: DropReason, frame_len: usize) {
         let e = self.engine();
-        self.metrics
-            .count(&e.counters, None, Action::Drop, port.direction(), Some(reason), frame_len);
+        self.metrics.count(
+            &e.counters,
+            None,
+            Action::Drop,
+            port.direction(),
+            Some(reason),
+            frame_len,
+        );
     }
 
     /// Everything the plane does with one frame received on `port`, short of sending it:

@@ -144,7 +144,10 @@ impl DataPlane for UserspacePlane {
             Io::Pnet => {
                 let (out_tx, out_rx) = open_channel(&out_if)?;
                 let (in_tx, in_rx) = open_channel(&in_if)?;
-                for (port, rx, tx) in [(Port::Outside, out_rx, in_tx), (Port::Inside, in_rx, out_tx)] {
+                for (port, rx, tx) in [
+                    (Port::Outside, out_rx, in_tx),
+                    (Port::Inside, in_rx, out_tx),
+                ] {
                     let (gw, stop) = (gateway.clone(), self.stop.clone());
                     self.spawn(port, move || receive_loop(&gw, port, rx, tx, &stop))?;
                 }
@@ -214,7 +217,11 @@ impl UserspacePlane {
         let handle = std::thread::Builder::new()
             .name(format!("rx-{}", port.as_str()))
             .spawn(f)
-            .map_err(|source| DataPlaneError::Io { port: name.clone(), what: "spawn", source })?;
+            .map_err(|source| DataPlaneError::Io {
+                port: name.clone(),
+                what: "spawn",
+                source,
+            })?;
         self.loops.push((name, handle));
         Ok(())
     }
@@ -224,7 +231,11 @@ impl UserspacePlane {
 /// transmissions, with timeouts so the loops notice the stop flag.
 fn open_batched(iface: &NetworkInterface) -> Result<OwnedFd, DataPlaneError> {
     let io_err = |what: &'static str| {
-        move |source: io::Error| DataPlaneError::Io { port: iface.name.clone(), what, source }
+        move |source: io::Error| DataPlaneError::Io {
+            port: iface.name.clone(),
+            what,
+            source,
+        }
     };
     let fd = sockopt::packet_socket_ignoring_outgoing().map_err(io_err("AF_PACKET socket"))?;
     sockopt::bind_to_interface(&fd, iface.index).map_err(io_err("bind"))?;
@@ -235,7 +246,10 @@ fn open_batched(iface: &NetworkInterface) -> Result<OwnedFd, DataPlaneError> {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock)
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    )
 }
 
 fn batched_loop(
@@ -257,7 +271,11 @@ fn batched_loop(
             }
             error!(port = port.as_str(), error = %e, "receive failed; stopping this port");
             gw.close();
-            return Err(DataPlaneError::Io { port: port.as_str().to_string(), what: "receive", source: e });
+            return Err(DataPlaneError::Io {
+                port: port.as_str().to_string(),
+                what: "receive",
+                source: e,
+            });
         }
         // One clock read per batch: timeouts are seconds, a batch is microseconds.
         let now = Instant::now();
@@ -295,7 +313,12 @@ fn batched_loop(
             Ok(sent) if sent == k => {}
             Ok(sent) => {
                 if let Admit::Log { suppressed_before } = sendlog.admit(now) {
-                    warn!(port = port.as_str(), lost = k - sent, suppressed_before, "transmit queue full");
+                    warn!(
+                        port = port.as_str(),
+                        lost = k - sent,
+                        suppressed_before,
+                        "transmit queue full"
+                    );
                 }
             }
             Err(e) => {
