@@ -15,7 +15,12 @@ pub fn refusal() -> Refusal {
 /// 107 / 132: checks a presented password; returns its id and record.
 pub fn check(svc: &Service, presented: &str) -> Result<(String, PasswordRecord), Refusal> {
     let ok = (|| {
-        let pw = ServerPassword::parse(presented).ok()?;
+        let Ok(pw) = ServerPassword::parse(presented) else {
+            // Same work as a real check (one HMAC, one comparison), so a malformed password
+            // is not answered faster than a wrong one.
+            ServerPassword::generate().verify(svc.pepper.as_ref(), None);
+            return None;
+        };
         let id = pw.id_text();
         let rec = svc.db.password(&id).ok().flatten();
         let stored = rec

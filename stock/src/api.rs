@@ -21,7 +21,7 @@ use stockade_proto::wire::{
     self, CreateAccountRequest, CreateAccountResponse, FileEntry, FileList, PushRequest,
     StockIdentity, StoredObject,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type Res<T> = Result<T, ApiError>;
 
@@ -68,13 +68,41 @@ async fn create_account(
     State(s): State<Arc<Stock>>,
     Json(req): Json<CreateAccountRequest>,
 ) -> Res<Json<CreateAccountResponse>> {
-    let owner = ClientPublicKey::from_pem(&req.owner_public_key_pem)
-        .map_err(|e| ApiError::bad_request(format!("owner public key: {e}")))?;
+    // The template account (claim 7): the service chose the key and keeps it; no owner to wrap to.
+    let given = match &req.account_key {
+        Some(b64) => {
+            let raw = zeroize::Zeroizing::new(
+                data_encoding::BASE64
+                    .decode(b64.as_bytes())
+                    .map_err(|_| ApiError::bad_request("account_key is not base64"))?,
+            );
+            let key: [u8; 32] = raw
+                .as_slice()
+                .try_into()
+                .map_err(|_| ApiError::bad_request("account_key must be 32 bytes"))?;
+            Some(zeroize::Zeroizing::new(key))
+        }
+        None => None,
+    };
+    let owner = if given.is_some() && req.owner_public_key_pem.is_empty() {
+        None
+    } else {
+        Some(
+            ClientPublicKey::from_pem(&req.owner_public_key_pem)
+                .map_err(|e| ApiError::bad_request(format!("owner public key: {e}")))?,
+        )
+    };
     let s2 = s.clone();
-    let (db_key, key) = blocking(move || s2.accounts.create()).await?;
-    let wrapped = owner
-        .wrap_key(key.as_ref())
-        .map_err(|e| ApiError::internal("wrap account key", e))?;
+    let (db_key, key) = match given {
+        Some(k) => blocking(move || s2.accounts.create_with_key(k)).await?,
+        None => blocking(move || s2.accounts.create()).await?,
+    };
+    let wrapped = match owner {
+        Some(owner) => owner
+            .wrap_key(key.as_ref())
+            .map_err(|e| ApiError::internal("wrap account key", e))?,
+        None => Vec::new(),
+    };
     s.metrics.accounts_created.inc();
     s.metrics.accounts.inc();
     tracing::info!(database_key = %db_key, "account created (85, 86)");
@@ -106,7 +134,9 @@ async fn store(
         .create(&db)
         .await
         .map_err(|e| ApiError::internal("create object", e))?;
-    let mut w = HashingWriter::<_, Sha512>::new(pending);
+    // Large buffered writes: each tokio::fs write is a hop to the blocking pool.
+    let mut w =
+        HashingWriter::<_, Sha512>::new(tokio::io::BufWriter::with_capacity(1 << 20, pending));
     let header = ChunkHeader {
         object_id,
         chunk_size: chunked::DEFAULT_CHUNK_SIZE,
@@ -121,7 +151,12 @@ async fn store(
         ));
     }
     let stored_size = w.written();
-    let (pending, digest) = w.finish();
+    let (mut buffered, digest) = w.finish();
+    buffered
+        .flush()
+        .await
+        .map_err(|e| ApiError::internal("write object", e))?;
+    let pending = buffered.into_inner();
     s.store
         .commit(pending, &db, &oid)
         .await

@@ -108,11 +108,19 @@ impl Accounts {
 
     /// 85, 86: a new account with a random account key under a new random database key.
     pub fn create(&self) -> Result<(String, Zeroizing<[u8; 32]>), AccountError> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(key.as_mut());
+        self.create_with_key(key)
+    }
+
+    /// 86 for an account whose key the service chose (the template account, claim 7).
+    pub fn create_with_key(
+        &self,
+        key: Zeroizing<[u8; 32]>,
+    ) -> Result<(String, Zeroizing<[u8; 32]>), AccountError> {
         let mut idb = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut idb);
         let db_key = hex::encode(idb);
-        let mut key = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(key.as_mut());
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = self
@@ -268,6 +276,18 @@ mod tests {
             digest: "d".into(),
             stored_at: 1,
         }
+    }
+
+    /// Claim 7: the template account files the key the service chose.
+    #[test]
+    fn account_with_a_given_key_claim_7() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Accounts::open(d.path()).unwrap();
+        let (k, key) = a.create_with_key(Zeroizing::new([7u8; 32])).unwrap();
+        assert_eq!(*key, [7u8; 32]);
+        assert_eq!(*a.account_key(&k).unwrap(), [7u8; 32]);
+        let (k2, _) = a.create_with_key(Zeroizing::new([7u8; 32])).unwrap();
+        assert_ne!(k, k2, "a new database key each time");
     }
 
     #[test]

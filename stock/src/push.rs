@@ -59,12 +59,14 @@ pub async fn push_object(
         tcp.write_all(&encode_preamble(&header, &stock.signing))
             .await
             .map_err(io)?;
-        let mut file = stock
+        let file = stock
             .store
             .open(&db_key, &rec.object_id)
             .await
             .map_err(io)?;
-        let n = tokio::io::copy(&mut file, &mut tcp).await.map_err(io)?;
+        // Large reads: each tokio::fs read is a hop to the blocking pool.
+        let mut file = tokio::io::BufReader::with_capacity(1 << 20, file);
+        let n = tokio::io::copy_buf(&mut file, &mut tcp).await.map_err(io)?;
         tcp.shutdown().await.map_err(io)?;
         Ok::<u64, PushFailure>(n)
     })
