@@ -90,8 +90,20 @@ impl Service {
         client_id: &str,
         password: Option<&str>,
     ) -> Result<UploadInstruction> {
+        self.upload_instruction_with(client_id, password, false)
+            .await
+    }
+
+    /// 72 / 109, choosing whether the upload's reduced image is private (claim 6).
+    pub async fn upload_instruction_with(
+        &self,
+        client_id: &str,
+        password: Option<&str>,
+        private_thumbnail: bool,
+    ) -> Result<UploadInstruction> {
         let req = UploadInstructionRequest {
             client_id: client_id.to_string(),
+            private_thumbnail,
         };
         json(
             send(
@@ -130,6 +142,66 @@ impl Service {
         json(
             send(
                 self.post("/v1/downloads", Some(password))
+                    .timeout(CALL_TIMEOUT)
+                    .json(req),
+            )
+            .await?,
+        )
+        .await
+    }
+
+    /// Claims 6, 14: the reduced images this request may see (`scope`: all, public, account).
+    pub async fn reduced_list(
+        &self,
+        scope: &str,
+        password: Option<&str>,
+    ) -> Result<stockade_proto::wire::ReducedImageList> {
+        json(send(self.get(&format!("/v1/reduced?scope={scope}"), password)).await?).await
+    }
+
+    /// One reduced image (PNG bytes).
+    pub async fn reduced_get(&self, id: &str, password: Option<&str>) -> Result<Vec<u8>> {
+        check_id(id)?;
+        bytes(send(self.get(&format!("/v1/reduced/{id}"), password)).await?).await
+    }
+
+    /// Claims 7, 15: the templates, with the template key wrapped to `client_id`'s key.
+    pub async fn templates(
+        &self,
+        client_id: Option<&str>,
+    ) -> Result<stockade_proto::wire::TemplateList> {
+        let path = match client_id {
+            Some(id) => {
+                check_id(id)?;
+                format!("/v1/templates?client_id={id}")
+            }
+            None => "/v1/templates".to_string(),
+        };
+        json(send(self.get(&path, None)).await?).await
+    }
+
+    /// A template's reduced image or reduced mask (PNG bytes).
+    pub async fn template_reduced(
+        &self,
+        name: &str,
+        part: stockade_proto::wire::TemplatePart,
+    ) -> Result<Vec<u8>> {
+        let which = match part {
+            stockade_proto::wire::TemplatePart::Template => "reduced",
+            stockade_proto::wire::TemplatePart::Mask => "mask",
+        };
+        let path = format!("/v1/templates/{}/{which}", encode_segment(name));
+        bytes(send(self.get(&path, None)).await?).await
+    }
+
+    /// Fig. 12: have the stock server push a template (no server password; 121's destination rule).
+    pub async fn template_push(
+        &self,
+        req: &stockade_proto::wire::TemplatePushRequest,
+    ) -> Result<stockade_proto::wire::TemplatePushResponse> {
+        json(
+            send(
+                self.post("/v1/templates/push", None)
                     .timeout(CALL_TIMEOUT)
                     .json(req),
             )
@@ -206,6 +278,26 @@ pub fn error_from(status: StatusCode, body: &[u8]) -> ClientError {
             ClientError::Service(format!("HTTP {status}: {text}"))
         }
     }
+}
+
+async fn bytes(resp: Response) -> Result<Vec<u8>> {
+    resp.bytes()
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|e| ClientError::Service(describe(&e)))
+}
+
+/// Percent-encodes a (validated) name for one URL path segment.
+fn encode_segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 async fn json<T: DeserializeOwned>(resp: Response) -> Result<T> {

@@ -1,7 +1,7 @@
 //! Runs one parsed command line. Output for people goes to stdout; refusals and errors are
 //! returned for main to print (stderr) with their exit code.
 
-use crate::cli::{Cli, Command, PasswordCommand, ShareCommand};
+use crate::cli::{Cli, Command, PasswordCommand, ShareCommand, TemplatesCommand, ThumbsCommand};
 use crate::error::{ClientError, Result};
 use crate::settings::{read_secret_file, Settings};
 use crate::share::{self, ShareError, DEFAULT_SHARE_PORT};
@@ -22,6 +22,7 @@ pub async fn run(cli: Cli, passphrase_env: Option<Zeroizing<String>>) -> Result<
             wait,
             remove_source,
             force,
+            private_thumbnail,
         } => {
             crate::upload::upload(
                 &settings,
@@ -30,8 +31,45 @@ pub async fn run(cli: Cli, passphrase_env: Option<Zeroizing<String>>) -> Result<
                 Duration::from_secs(wait),
                 remove_source,
                 force,
+                private_thumbnail,
             )
             .await
+        }
+        Command::Thumbs {
+            action: ThumbsCommand::List { account, public },
+        } => {
+            let scope = if account {
+                crate::compose::Scope::Account
+            } else if public {
+                crate::compose::Scope::Public
+            } else {
+                crate::compose::Scope::All
+            };
+            crate::compose::thumbs_list(&settings, scope).await
+        }
+        Command::Thumbs {
+            action: ThumbsCommand::Get { name, out },
+        } => crate::compose::thumbs_get(&settings, &name, &out).await,
+        Command::Templates {
+            action: TemplatesCommand::List,
+        } => crate::compose::templates_list(&settings).await,
+        Command::Compose {
+            template,
+            image,
+            out,
+            preview: _,
+            full,
+            fit,
+            timeout,
+        } => {
+            let mode = if full {
+                crate::compose::Mode::Full {
+                    timeout: Duration::from_secs(timeout),
+                }
+            } else {
+                crate::compose::Mode::Preview
+            };
+            crate::compose::compose(&settings, &template, &image, &out, mode, fit).await
         }
         Command::Status { upload_id, wait } => {
             crate::upload::status(&settings, &upload_id, Duration::from_secs(wait)).await

@@ -70,6 +70,10 @@ pub enum Command {
         /// With --remove-source: delete even if the file changed since it was uploaded
         #[arg(long, requires = "remove_source")]
         force: bool,
+        /// Keep the reduced image private: only requests with this account's server password
+        /// see it (claim 6; public by default)
+        #[arg(long)]
+        private_thumbnail: bool,
     },
     /// Show, or wait for, the outcome of an upload (64-66)
     Status {
@@ -100,6 +104,71 @@ pub enum Command {
         #[command(subcommand)]
         action: ShareCommand,
     },
+    /// Reduced images kept by the service (claims 6, 14)
+    Thumbs {
+        #[command(subcommand)]
+        action: ThumbsCommand,
+    },
+    /// Templates for composition (claims 7, 15)
+    Templates {
+        #[command(subcommand)]
+        action: TemplatesCommand,
+    },
+    /// Compose a stored image into a template's slot (Fig. 12): a preview from reduced images,
+    /// or the full-resolution result from what the stock server(s) push
+    #[command(group(clap::ArgGroup::new("mode").required(true).args(["preview", "full"])))]
+    Compose {
+        /// The template's name
+        #[arg(long)]
+        template: String,
+        /// The stored image's name in this account
+        #[arg(long)]
+        image: String,
+        /// Where to write the result (PNG, or JPEG for .jpg/.jpeg)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// From the service's reduced images only
+        #[arg(long)]
+        preview: bool,
+        /// At full resolution: the stock server(s) push the image and the template to BIND:7137
+        #[arg(long)]
+        full: bool,
+        /// cover: fill the slot, cropping the image; contain: the whole image inside the slot
+        #[arg(long, default_value = "cover", value_parser = parse_fit)]
+        fit: stockade_imaging::Fit,
+        /// With --full: seconds to wait for each push
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+}
+
+fn parse_fit(s: &str) -> Result<stockade_imaging::Fit, String> {
+    s.parse()
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ThumbsCommand {
+    /// The reduced images this client may see: public ones and its account's
+    List {
+        /// Only this account's (needs its server password)
+        #[arg(long, conflicts_with = "public")]
+        account: bool,
+        /// Only public ones
+        #[arg(long)]
+        public: bool,
+    },
+    /// Fetch one reduced image by id, or by name (this account's first, then a unique public one)
+    Get {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplatesCommand {
+    /// The templates: name, size, slot, mask (and the template key, wrapped to this client)
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,9 +253,14 @@ mod tests {
                 wait,
                 remove_source,
                 force,
+                private_thumbnail,
             } => {
                 assert_eq!(file, PathBuf::from("cat.png"));
                 assert_eq!((name, wait, remove_source, force), (None, 5, false, false));
+                assert!(
+                    !private_thumbnail,
+                    "reduced images are public by default (claim 6)"
+                );
             }
             other => panic!("{other:?}"),
         }

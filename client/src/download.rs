@@ -72,7 +72,7 @@ pub async fn download(
 }
 
 /// The local address that routes to the service, when --bind is not given.
-async fn local_ip_towards(service_url: &str) -> Result<IpAddr> {
+pub(crate) async fn local_ip_towards(service_url: &str) -> Result<IpAddr> {
     let url = reqwest::Url::parse(service_url)
         .map_err(|e| ClientError::Config(format!("--service: {e}")))?;
     let addr = url

@@ -5,6 +5,7 @@ pub mod account;
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod compose;
 pub mod download;
 pub mod error;
 pub mod settings;

@@ -25,6 +25,9 @@ pub struct Stored {
     pub stock_server: String,
     /// 66 done: the server password and account key arrived, opened and were kept.
     pub keys_kept: bool,
+    /// The service's content disarm changed the image: the stock server holds a cleaned copy,
+    /// not the bytes of the upload.
+    pub disarmed: bool,
 }
 
 /// `stockade upload`.
@@ -35,6 +38,7 @@ pub async fn upload(
     wait: Duration,
     remove_source: bool,
     force: bool,
+    private_thumbnail: bool,
 ) -> Result<()> {
     let key = settings.load_key()?;
     let st = State::load(&settings.home)?;
@@ -60,7 +64,11 @@ pub async fn upload(
 
     // 72 / 109: the upload instruction, with a one-time ticket and the key to seal to.
     let instr = service
-        .upload_instruction(&client_id, password.as_deref().map(|p| p.as_str()))
+        .upload_instruction_with(
+            &client_id,
+            password.as_deref().map(|p| p.as_str()),
+            private_thumbnail,
+        )
         .await?;
     if size > instr.max_upload_bytes {
         return Err(ClientError::Config(format!(
@@ -210,8 +218,21 @@ pub(crate) async fn wait_and_finish(
                 stock_server,
                 server_password_wrapped,
                 account_key_wrapped,
+                disarmed,
+                stored_sha256,
+                stored_size,
             }) => {
                 println!("stored {file_name} ({size} bytes) on {stock_server}");
+                if disarmed {
+                    println!(
+                        "note: the service disarmed the image (metadata, trailing data or a re-encode removed); \
+                         the stored copy differs from your file{}{}",
+                        stored_size.map(|s| format!(", {s} bytes")).unwrap_or_default(),
+                        stored_sha256
+                            .map(|h| format!(", sha256 {h}"))
+                            .unwrap_or_default()
+                    );
+                }
                 let keys_kept = keep_account(
                     settings,
                     key,
@@ -224,6 +245,7 @@ pub(crate) async fn wait_and_finish(
                     size,
                     stock_server,
                     keys_kept,
+                    disarmed,
                 });
             }
             None => "service unreachable".into(),
@@ -301,6 +323,13 @@ async fn remove_source_file(
             file.display()
         )));
     }
+    // The stored copy is a disarmed one: the upload is the only copy of the original bytes.
+    if stored.disarmed && !force {
+        return Err(ClientError::Config(format!(
+            "the stored image was disarmed and differs from {}: not removed (use --force to remove it anyway)",
+            file.display()
+        )));
+    }
     if !force {
         let (_, now) = hash_file(file).await?;
         if now != uploaded_sha256 {
@@ -368,6 +397,7 @@ mod tests {
             size: 11,
             stock_server: "s".into(),
             keys_kept: false,
+            disarmed: false,
         };
         // First upload without the keys kept: the file stays.
         assert!(remove_source_file(&f, &sha, true, &stored, false)
@@ -390,6 +420,18 @@ mod tests {
         std::fs::write(&f, b"image bytes").unwrap();
         stored.keys_kept = false;
         remove_source_file(&f, &sha, false, &stored, false)
+            .await
+            .unwrap();
+        assert!(!f.exists());
+        // Disarmed by the service: the original stays unless forced.
+        std::fs::write(&f, b"image bytes").unwrap();
+        stored.disarmed = true;
+        let e = remove_source_file(&f, &sha, false, &stored, false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("disarmed"), "{e}");
+        assert!(f.exists());
+        remove_source_file(&f, &sha, false, &stored, true)
             .await
             .unwrap();
         assert!(!f.exists());

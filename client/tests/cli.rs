@@ -152,6 +152,9 @@ async fn uploads(State(m): State<Shared>, body: Body) -> Response {
             stock_server: "stock-a".into(),
             server_password_wrapped: pw_w,
             account_key_wrapped: ak_w,
+            disarmed: false,
+            stored_sha256: None,
+            stored_size: None,
         }
     };
     g.uploads.insert(id.clone(), status);

@@ -138,7 +138,7 @@ ip -n "${P}mid" link del dev br0
 
 # The userspace plane, with each frame I/O.
 declare -A GW
-for IO in batched pnet; do
+for IO in batched ring pnet; do
     rm -f "$WORK/ctl.sock"
     ip netns exec "${P}mid" "$BIN" run --rules "$WORK/rules.yaml" --outside a --inside b --io $IO \
         --metrics 127.0.0.1:9108 --ctl "$WORK/ctl.sock" 2>"$WORK/gw-$IO.log" &
@@ -156,7 +156,7 @@ echo
 echo "64-byte UDP, one flow, trafgen on CPU 0, rx over ${SECS} s, median of ${RUNS}; receiver: $SINK"
 echo "bridge-nf-call-iptables=$NF4 bridge-nf-call-ip6tables=$NF6 (in the bridge's namespace)"
 echo "kernel bridge:                       $BRIDGE pps"
-for IO in batched pnet; do
+for IO in batched ring pnet; do
     awk -v io="$IO" -v g="${GW[$IO]}" -v b="$BRIDGE" \
         'BEGIN { printf "stockade-gateway (%-7s):          %d pps = %.2fx of the bridge\n", io, g, (b > 0 ? g / b : 0) }'
 done

@@ -25,11 +25,8 @@ const MAX_LINE: u64 = 4096;
 
 #[derive(Debug, Error)]
 pub enum CtlError {
-    #[error("control socket {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("control socket {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("control socket {0} is in use by a running gateway")]
     InUse(String),
     #[error("control socket {0} exists and is not a socket")]
@@ -59,9 +56,9 @@ pub enum Response {
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CtlError + '_ {
-    move |source| CtlError::Io {
+    move |error| CtlError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 

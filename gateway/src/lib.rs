@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod dataplane;
 pub mod explain;
 pub mod metrics;
+pub mod nft;
 pub mod packet;
 pub mod reload;
 pub mod rules;

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use stockade_gateway::ctl::{self, CtlServer, Request, Response};
 use stockade_gateway::dataplane::{DataPlane, Gateway, UserspacePlane};
 use stockade_gateway::metrics::{self, Metrics};
+use stockade_gateway::nft::{self, NftPlane};
 use stockade_gateway::reload::{self, Reloader};
 use stockade_gateway::{check, explain};
 use tokio::sync::watch;
@@ -39,6 +40,8 @@ enum Cmd {
     },
     /// Show which rule (or drop reason) decides a given packet.
     Explain(ExplainArgs),
+    /// Print the nftables JSON batch that `run --dataplane nftables` applies for FILE.
+    Compile(CompileArgs),
     /// Inspect or flush the running gateway's connection table.
     Conntrack {
         #[command(subcommand)]
@@ -57,9 +60,10 @@ struct RunArgs {
     /// The inside port (stock servers).
     #[arg(long)]
     inside: String,
-    /// Management address for GET /metrics (never a port's address).
-    #[arg(long, default_value = "127.0.0.1:9108")]
-    metrics: SocketAddr,
+    /// Management address for GET /metrics (never a port's address). Default: the rules
+    /// file's `settings.metrics_listen`, else 127.0.0.1:9108.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Root-only control socket for `conntrack list|flush`.
     #[arg(long, default_value = ctl::DEFAULT_PATH)]
     ctl: PathBuf,
@@ -67,9 +71,35 @@ struct RunArgs {
     /// prepared by provisioning.
     #[arg(long)]
     no_port_setup: bool,
-    /// Frame I/O of the userspace plane: `batched` (recvmmsg/sendmmsg) or `pnet`.
-    #[arg(long, default_value = "batched")]
+    /// Frame I/O of the userspace plane: `ring` (PACKET_MMAP), `batched` (recvmmsg/sendmmsg)
+    /// or `pnet`.
+    #[arg(long, default_value = "ring")]
     io: stockade_gateway::dataplane::Io,
+    /// Which data plane enforces the rules: `userspace` (this process forwards every frame) or
+    /// `nftables` (the rules compiled into the kernel, the ports joined in a bridge).
+    #[arg(long, value_enum, default_value = "userspace")]
+    dataplane: PlaneKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PlaneKind {
+    Userspace,
+    Nftables,
+}
+
+#[derive(Args)]
+struct CompileArgs {
+    /// The rules file.
+    file: PathBuf,
+    /// Load the batch into a scratch network namespace and print `nft list ruleset` instead.
+    #[arg(long)]
+    text: bool,
+    /// Name of the outside port in the generated ruleset.
+    #[arg(long, default_value = "outside")]
+    outside: String,
+    /// Name of the inside port in the generated ruleset.
+    #[arg(long, default_value = "inside")]
+    inside: String,
 }
 
 #[derive(Args)]
@@ -125,6 +155,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::from(report.exit_code() as u8))
         }
         Cmd::Explain(args) => explain_cmd(args),
+        Cmd::Compile(args) => compile_cmd(args),
         Cmd::Conntrack { op } => conntrack(op),
     };
     match result {
@@ -148,6 +179,10 @@ fn init_tracing() {
 fn run(args: RunArgs) -> Result<()> {
     let rules = reload::load_checked(&args.rules)
         .with_context(|| format!("rules file {}", args.rules.display()))?;
+    let metrics_addr = args
+        .metrics
+        .or(rules.settings().metrics_listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9108)));
     let metrics = Arc::new(Metrics::new()?);
     let gateway = Arc::new(Gateway::new(rules, metrics.clone()));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -156,19 +191,39 @@ fn run(args: RunArgs) -> Result<()> {
         .thread_name("gw-mgmt")
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.metrics)
+        let listener = tokio::net::TcpListener::bind(metrics_addr)
             .await
-            .with_context(|| format!("metrics address {}", args.metrics))?;
+            .with_context(|| format!("metrics address {metrics_addr}"))?;
         let ctl_server = CtlServer::bind(&args.ctl)?;
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        // Install the SIGHUP handler now (tokio keeps it for the process lifetime), so a
+        // SIGHUP that arrives before the reload task listens cannot kill the gateway.
+        drop(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        )?);
 
-        let mut plane = UserspacePlane::new(&args.outside, &args.inside).with_io(args.io);
-        if args.no_port_setup {
-            plane = plane.without_port_setup();
-        }
-        let mut plane: Box<dyn DataPlane> = Box::new(plane);
+        // A kernel plane reports its own table size and counters (read before each scrape);
+        // the userspace table's housekeeping does not apply to it.
+        let mut kernel_refresh: Option<metrics::Refresh> = None;
+        let mut plane: Box<dyn DataPlane> = match args.dataplane {
+            PlaneKind::Userspace => {
+                let mut plane = UserspacePlane::new(&args.outside, &args.inside).with_io(args.io);
+                if args.no_port_setup {
+                    plane = plane.without_port_setup();
+                }
+                Box::new(plane)
+            }
+            PlaneKind::Nftables => {
+                let mut plane = NftPlane::new(&args.outside, &args.inside, &args.rules);
+                if args.no_port_setup {
+                    plane = plane.without_port_setup();
+                }
+                kernel_refresh = Some(plane.metrics_refresher());
+                Box::new(plane)
+            }
+        };
         plane.start(gateway.clone())?;
         let plane = Arc::new(std::sync::Mutex::new(plane));
 
@@ -182,11 +237,14 @@ fn run(args: RunArgs) -> Result<()> {
         };
         let reloader = Arc::new(Reloader::new(&args.rules, gateway.clone(), Some(on_swap)));
         let reload_task = tokio::spawn(reloader.run(stop_rx.clone()));
-        let refresh: metrics::Refresh = {
-            let gw = gateway.clone();
-            Arc::new(move || {
-                gw.housekeeping(Instant::now());
-            })
+        let refresh: metrics::Refresh = match &kernel_refresh {
+            Some(r) => r.clone(),
+            None => {
+                let gw = gateway.clone();
+                Arc::new(move || {
+                    gw.housekeeping(Instant::now());
+                })
+            }
         };
         let mut metrics_stop = stop_rx.clone();
         let metrics_task = tokio::spawn(metrics::serve(
@@ -198,7 +256,7 @@ fn run(args: RunArgs) -> Result<()> {
             },
         ));
         let ctl_task = tokio::spawn(ctl_server.serve(gateway.clone()));
-        info!(metrics = %args.metrics, ctl = %args.ctl.display(), "stockade-gateway running");
+        info!(metrics = %metrics_addr, ctl = %args.ctl.display(), "stockade-gateway running");
 
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let failure = loop {
@@ -206,7 +264,9 @@ fn run(args: RunArgs) -> Result<()> {
                 _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break None; }
                 _ = sigint.recv() => { info!("SIGINT: shutting down"); break None; }
                 _ = tick.tick() => {
-                    gateway.housekeeping(Instant::now());
+                    if kernel_refresh.is_none() {
+                        gateway.housekeeping(Instant::now());
+                    }
                     if !gateway.is_open() {
                         break Some("a receive loop failed; forwarding stopped");
                     }
@@ -259,6 +319,21 @@ fn explain_cmd(a: ExplainArgs) -> Result<ExitCode> {
     };
     let explanation = explain::explain(&rules, query);
     print!("{explanation}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compile_cmd(a: CompileArgs) -> Result<ExitCode> {
+    let ports = nft::PortNames {
+        outside: a.outside,
+        inside: a.inside,
+    };
+    let compiled = nft::compile_file(&a.file, &ports)?;
+    let batch = compiled.full_batch();
+    if a.text {
+        print!("{}", nft::text_listing(&batch)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&batch)?);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -230,6 +230,28 @@ impl Metrics {
         }
     }
 
+    /// Adds increments read from a kernel data plane's counters (the nftables plane reads its
+    /// named nft counters and adds what they grew by since the last read). `rule` is a rule
+    /// name or [`NO_RULE`]; a drop `reason` is also added to `stockade_gateway_drops_total`.
+    pub fn add_counts(
+        &self,
+        rule: &str,
+        action: Action,
+        direction: Direction,
+        reason: Option<DropReason>,
+        packets: u64,
+        bytes: u64,
+    ) {
+        let labels = [rule, action.as_str(), direction.as_str()];
+        self.packets.with_label_values(&labels).inc_by(packets);
+        self.bytes.with_label_values(&labels).inc_by(bytes);
+        if let Some(reason) = reason {
+            if let Some((_, c)) = self.drops.iter().find(|(r, _)| *r == reason) {
+                c.inc_by(packets);
+            }
+        }
+    }
+
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops
             .iter()

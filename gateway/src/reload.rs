@@ -28,11 +28,8 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Error)]
 pub enum ReloadError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot read: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -102,10 +99,10 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> Result<Option<usize>, ReloadError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => Some(b),
-            Err(source) => {
+            Err(error) => {
                 let err = ReloadError::Read {
                     path: self.path.display().to_string(),
-                    source,
+                    error,
                 };
                 self.gateway.metrics.count_reload(ReloadResult::Error);
                 error!(path = %self.path.display(), ?trigger, error = %err, "rules reload refused; old rules stay in force");
@@ -176,9 +173,9 @@ impl Reloader {
         };
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|source| ReloadError::Read {
+            .map_err(|error| ReloadError::Read {
                 path: "SIGHUP handler".into(),
-                source,
+                error,
             })?;
         loop {
             tokio::select! {

@@ -33,9 +33,7 @@ pub fn spawn(s: &Spawn) -> Result<i32, LabError> {
         .append(true)
         .open(&s.log)
         .map_err(|e| LabError::io(format!("opening {}", s.log.display()), e))?;
-    let err = log
-        .try_clone()
-        .map_err(|e| LabError::io("log file", e))?;
+    let err = log.try_clone().map_err(|e| LabError::io("log file", e))?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &s.ns])
         .arg(&s.program)
@@ -130,23 +128,22 @@ pub fn stop(pid: i32, grace: Duration) -> bool {
     true
 }
 
-/// Whether a process's network namespace has a TCP socket listening on `port` (read from
-/// `/proc/PID/net/tcp{,6}`, which shows the sockets of the namespace the process is in, so no
+/// Whether a process's network namespace has a TCP socket listening on `ip:port` (read from
+/// `/proc/PID/net/tcp`, which shows the sockets of the namespace the process is in, so no
 /// setns is needed).
-pub fn listening(pid: i32, port: u16) -> bool {
-    let want = format!(":{port:04X}");
-    ["tcp", "tcp6"].iter().any(|f| {
-        fs::read_to_string(format!("/proc/{pid}/net/{f}"))
-            .map(|t| {
-                t.lines().skip(1).any(|l| {
-                    let mut it = l.split_whitespace();
-                    let local = it.nth(1).unwrap_or("");
-                    let state = it.nth(1).unwrap_or("");
-                    local.ends_with(&want) && state == "0A"
-                })
+pub fn listening(pid: i32, ip: std::net::Ipv4Addr, port: u16) -> bool {
+    // The kernel prints the address as the in-memory (network order) u32 in hex.
+    let want = format!("{:08X}:{port:04X}", u32::from_le_bytes(ip.octets()));
+    fs::read_to_string(format!("/proc/{pid}/net/tcp"))
+        .map(|t| {
+            t.lines().skip(1).any(|l| {
+                let mut it = l.split_whitespace();
+                let local = it.nth(1).unwrap_or("");
+                let state = it.nth(1).unwrap_or("");
+                local == want && state == "0A"
             })
-            .unwrap_or(false)
-    })
+        })
+        .unwrap_or(false)
 }
 
 /// The last `n` lines of a log, for error messages.
@@ -202,6 +199,13 @@ mod tests {
         assert!(!is_alive(i32::MAX));
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id() as i32;
+        // Between fork and exec the child still shows the test binary's command line.
+        let start = Instant::now();
+        while program_of(pid).as_deref() != Some("sleep")
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(is_ours(pid, "/usr/bin/sleep"));
         assert!(!is_ours(pid, "stockade-stock"));
         assert!(!stop(pid, Duration::from_secs(5)));
@@ -212,11 +216,18 @@ mod tests {
 
     #[test]
     fn listening_reads_proc() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // An address of its own, so no other listener on the machine can match.
+        let ip = std::net::Ipv4Addr::new(127, 83, 41, 7);
+        let l = std::net::TcpListener::bind((ip, 0)).unwrap();
         let port = l.local_addr().unwrap().port();
         let me = std::process::id() as i32;
-        assert!(listening(me, port));
+        assert!(listening(me, ip, port));
+        assert!(!listening(
+            me,
+            std::net::Ipv4Addr::new(127, 83, 41, 8),
+            port
+        ));
         drop(l);
-        assert!(!listening(me, port));
+        assert!(!listening(me, ip, port));
     }
 }

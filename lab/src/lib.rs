@@ -45,9 +45,13 @@ pub enum LabError {
     Invalid(String),
     #[error("{0}")]
     Missing(String),
-    #[error("lab {prefix:?} is already up ({why}); run `stockade-lab --prefix {prefix} down` first")]
+    #[error(
+        "lab {prefix:?} is already up ({why}); run `stockade-lab --prefix {prefix} down` first"
+    )]
     AlreadyUp { prefix: String, why: String },
-    #[error("lab {prefix:?} is not up (no {state} found); run `stockade-lab --prefix {prefix} up`")]
+    #[error(
+        "lab {prefix:?} is not up (no {state} found); run `stockade-lab --prefix {prefix} up`"
+    )]
     NotUp { prefix: String, state: PathBuf },
     #[error("{name} {why}; log {log}:\n{tail}", log = log.display())]
     DaemonFailed {

@@ -1,1 +1,386 @@
-fn main() {}
+//! `stockade-lab`: argument parsing and output; the work is in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use stockade_lab::lab::{self, Dataplane, Lab, UpOptions};
+use stockade_lab::{probe, topology, vagrant};
+
+#[derive(Parser)]
+#[command(
+    name = "stockade-lab",
+    version,
+    about = "The topology of JP H11-73391 (Fig. 1, Fig. 12) on one machine: namespaces, the real gateway, the daemons, Prometheus",
+    after_help = "Start here:  stockade-lab up && stockade-lab demo   (as root; `stockade-lab down` removes everything)"
+)]
+struct Cli {
+    /// Names every namespace (`PREFIX-client1`, ...) and the root link (`PREFIX-mg`).
+    #[arg(long, global = true, default_value = lab::DEFAULT_PREFIX, env = "STOCKADE_LAB_PREFIX")]
+    prefix: String,
+    /// State directory (configs, PKI, pid files, logs) [default: /var/lib/stockade-lab/PREFIX].
+    #[arg(long, global = true, env = "STOCKADE_LAB_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlaneArg {
+    Userspace,
+    Nftables,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the topology and start every daemon.
+    Up {
+        #[arg(long, value_enum, default_value = "userspace")]
+        dataplane: PlaneArg,
+        /// Rules file to copy into the state directory [default: the repo's rules/default.yaml].
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Directory of the stockade binaries [default: next to stockade-lab, else PATH].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Operators decide 93 (ethics) with `stockade-service review`; by default the lab
+        /// auto-approves it (91 virus and 92 integrity always run).
+        #[arg(long)]
+        manual_review: bool,
+        /// Do not start Prometheus even if it is installed.
+        #[arg(long)]
+        no_prometheus: bool,
+        /// On failure, leave what was built in place for inspection.
+        #[arg(long)]
+        keep_on_failure: bool,
+    },
+    /// Stop every daemon and remove every namespace and link of the lab.
+    Down,
+    /// Hosts, addresses, daemons and the gateway's counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a host's namespace (clients get STOCKADE_* set for service1).
+    Exec {
+        /// client1, client2, service1, service2, monitor, stock1, stock2, gateway.
+        host: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// The whole story: upload, review, push download, sharing, refusals, the gateway's drops.
+    Demo,
+    /// Show a host's (or a daemon's) logs.
+    Logs {
+        host: String,
+        /// Follow (tail -F).
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// One bounded connection attempt (run it inside a host with `exec`); exit 0 if reached.
+    Probe {
+        #[arg(value_enum)]
+        proto: Proto,
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
+    /// Render the Vagrant VMs' files (configs, PKI, units, networkd) into DIR.
+    VagrantFiles {
+        /// Output directory (vagrant/generated for the repo's Vagrantfile).
+        out: PathBuf,
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Pass `--dataplane` to the gateway unit.
+        #[arg(long)]
+        dataplane: Option<String>,
+        #[arg(long)]
+        manual_review: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("stockade-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    if let Cmd::Probe {
+        proto,
+        addr,
+        timeout,
+    } = &cli.cmd
+    {
+        let t = Duration::from_secs(*timeout);
+        let o = match proto {
+            Proto::Tcp => probe::tcp(*addr, t),
+            Proto::Udp => probe::udp(*addr, t),
+        };
+        println!("{o}");
+        return Ok(if o.reached() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        });
+    }
+    if let Cmd::VagrantFiles {
+        out,
+        bin_dir,
+        rules,
+        dataplane,
+        manual_review,
+    } = &cli.cmd
+    {
+        let t = vagrant::generate(&vagrant::VagrantOptions {
+            out: out.clone(),
+            bin_dir: bin_dir.clone(),
+            rules: rules.clone(),
+            dataplane: dataplane.clone(),
+            auto_approve_ethics: !manual_review,
+        })?;
+        let bad = vagrant::check_no_bypass(&t);
+        anyhow::ensure!(bad.is_empty(), "topology check failed: {bad:?}");
+        println!(
+            "wrote {} VMs' files to {} (then: cd vagrant && vagrant up)",
+            t.vms.len(),
+            out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lab = Lab::new(&cli.prefix, cli.state_dir.clone())?;
+    match cli.cmd {
+        Cmd::Up {
+            dataplane,
+            rules,
+            bin_dir,
+            manual_review,
+            no_prometheus,
+            keep_on_failure,
+        } => {
+            let opts = UpOptions {
+                dataplane: match dataplane {
+                    PlaneArg::Userspace => Dataplane::Userspace,
+                    PlaneArg::Nftables => Dataplane::Nftables,
+                },
+                rules,
+                bin_dir,
+                auto_approve_ethics: !manual_review,
+                prometheus: !no_prometheus,
+                keep_on_failure,
+            };
+            let r = lab.up(&opts)?;
+            let st = &r.state;
+            let mgmt = st.mgmt()?;
+            println!(
+                "lab {:?} is up in {:.1}s ({} plane); state in {}",
+                st.prefix,
+                r.elapsed.as_secs_f32(),
+                st.dataplane.as_str(),
+                st.state_dir.display()
+            );
+            println!(
+                "  gateway metrics  http://{}:{}/metrics",
+                mgmt.gateway(),
+                topology::GATEWAY_METRICS_PORT
+            );
+            if st.prometheus {
+                let mon = mgmt
+                    .of(&topology::MONITOR)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                match r.targets_healthy_after {
+                    Some(t) => println!(
+                        "  Prometheus       http://{mon}:{} (every target up after {:.1}s)",
+                        topology::PROMETHEUS_PORT,
+                        t.as_secs_f32()
+                    ),
+                    None => {
+                        println!(
+                            "  Prometheus       http://{mon}:{} — not every target is up yet:",
+                            topology::PROMETHEUS_PORT
+                        );
+                        for t in &r.unhealthy_targets {
+                            println!("    {t}");
+                        }
+                    }
+                }
+            } else {
+                println!("  Prometheus       not running (not installed, or --no-prometheus)");
+            }
+            println!(
+                "  rules (live)     {}",
+                st.state_dir.join("rules.yaml").display()
+            );
+            println!("next: stockade-lab demo · stockade-lab status · stockade-lab exec client1 -- stockade list · stockade-lab down");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Down => {
+            let r = lab.down()?;
+            if r.stopped.is_empty() && r.removed.is_empty() && r.killed_stray.is_empty() {
+                println!("lab {:?}: nothing to remove", cli.prefix);
+            } else {
+                println!(
+                    "lab {:?} is down: stopped {}; removed {}{}",
+                    cli.prefix,
+                    if r.stopped.is_empty() {
+                        "no daemon".to_string()
+                    } else {
+                        r.stopped.join(", ")
+                    },
+                    r.removed.join(", "),
+                    if r.killed_stray.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; also ended processes {:?} left in its namespaces",
+                            r.killed_stray
+                        )
+                    }
+                );
+                println!("logs stay in {}", lab.state_dir.join("logs").display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { json } => {
+            let s = lab.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_status(&s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Exec { host, cmd } => {
+            let code = lab.exec(&host, &cmd)?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Cmd::Demo => {
+            let mut out = std::io::stdout();
+            stockade_lab::demo::run(&lab, &mut out).context("demo")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Logs { host, follow } => {
+            let files = lab.log_files(&host)?;
+            if follow {
+                return Err(Lab::follow(&files).into());
+            }
+            for f in files {
+                println!("==> {} <==", f.display());
+                print!("{}", std::fs::read_to_string(&f).unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { .. } | Cmd::VagrantFiles { .. } => unreachable!("handled above"),
+    }
+}
+
+fn print_status(s: &lab::Status) {
+    println!(
+        "lab {:?} ({:?}, {} plane) · state {} · management {} (this machine: {})",
+        s.prefix,
+        s.phase,
+        s.dataplane.as_str(),
+        s.state_dir.display(),
+        s.mgmt_network,
+        s.mgmt_root
+    );
+    println!(
+        "{:<9} {:<15} {:<18} {:<12} daemons",
+        "host", "address", "mac", "mgmt"
+    );
+    for h in &s.hosts {
+        let daemons: Vec<String> = h
+            .daemons
+            .iter()
+            .map(|d| match d.pid {
+                Some(p) => format!("{} {} (pid {p})", d.name, d.state),
+                None => format!("{} {}", d.name, d.state),
+            })
+            .collect();
+        println!(
+            "{:<9} {:<15} {:<18} {:<12} {}{}",
+            h.name,
+            h.address.as_deref().unwrap_or("(ports only)"),
+            h.mac.as_deref().unwrap_or("-"),
+            h.mgmt_address.as_deref().unwrap_or("-"),
+            if daemons.is_empty() {
+                "-".to_string()
+            } else {
+                daemons.join(", ")
+            },
+            if h.namespace_exists {
+                ""
+            } else {
+                "  [namespace missing]"
+            }
+        );
+    }
+    let g = &s.gateway;
+    match &g.error {
+        Some(e) => println!("gateway: metrics unreadable ({e})"),
+        None => {
+            let drops: Vec<String> = g
+                .drops
+                .iter()
+                .filter(|(_, v)| **v > 0.0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            println!(
+                "gateway: forwarded {} · dropped {}{} · conntrack {}/{} · rules {} · reloads ok {} error {} · revoked {}",
+                g.forwarded_packets,
+                g.dropped_packets,
+                if drops.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", drops.join(", "))
+                },
+                g.conntrack_entries,
+                g.conntrack_limit,
+                g.rules_loaded,
+                g.reloads_ok,
+                g.reloads_error,
+                g.flows_revoked
+            );
+        }
+    }
+    if let Some(p) = &s.prometheus {
+        match &p.error {
+            Some(e) => println!("prometheus: {} ({e})", p.url),
+            None => {
+                println!(
+                    "prometheus: {} · targets up {}/{}",
+                    p.url,
+                    p.targets_up,
+                    p.targets.len()
+                );
+                for t in p.targets.iter().filter(|t| t.health != "up") {
+                    println!("  {} {} {}: {}", t.job, t.instance, t.health, t.last_error);
+                }
+            }
+        }
+    }
+    println!("rules (live copy): {}", s.rules.display());
+}

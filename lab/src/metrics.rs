@@ -53,7 +53,11 @@ fn parse_line(line: &str) -> Option<Sample> {
     let (name, labels, rest) = match line.find('{') {
         Some(i) => {
             let end = line.rfind('}')?;
-            (&line[..i], parse_labels(&line[i + 1..end]), &line[end + 1..])
+            (
+                &line[..i],
+                parse_labels(&line[i + 1..end]),
+                &line[end + 1..],
+            )
         }
         None => {
             let (n, r) = line.split_once(char::is_whitespace)?;

@@ -59,9 +59,9 @@ pub fn ns_pids(ns: &str) -> Vec<i32> {
     }
 }
 
-/// The management slots already used in the root namespace (by other labs or anything else on
-/// 192.0.2.0/24).
-pub fn used_mgmt_slots() -> Result<Vec<u8>, LabError> {
+/// The /28 slots of the documentation /24 `net` that the root namespace already uses (an
+/// address or a route of another lab, or of the machine's own network).
+pub fn used_mgmt_slots(net: Ipv4Addr) -> Result<Vec<u8>, LabError> {
     let out = ip(&["-4", "-o", "addr", "show"])?;
     let mut slots = vec![];
     for line in out.lines() {
@@ -71,7 +71,7 @@ pub fn used_mgmt_slots() -> Result<Vec<u8>, LabError> {
                 if let Some(addr) = it.next() {
                     let (a, len) = addr.split_once('/').unwrap_or((addr, "32"));
                     if let (Ok(a), Ok(len)) = (a.parse::<Ipv4Addr>(), len.parse::<u8>()) {
-                        slots.extend(slots_covered(a, len));
+                        slots.extend(slots_covered(net, a, len));
                     }
                 }
             }
@@ -82,7 +82,7 @@ pub fn used_mgmt_slots() -> Result<Vec<u8>, LabError> {
         if let Some(dst) = line.split_whitespace().next() {
             let (a, len) = dst.split_once('/').unwrap_or((dst, "32"));
             if let (Ok(a), Ok(len)) = (a.parse::<Ipv4Addr>(), len.parse::<u8>()) {
-                slots.extend(slots_covered(a, len));
+                slots.extend(slots_covered(net, a, len));
             }
         }
     }
@@ -91,14 +91,20 @@ pub fn used_mgmt_slots() -> Result<Vec<u8>, LabError> {
     Ok(slots)
 }
 
-/// The /28 slots of 192.0.2.0/24 that `a/len` overlaps.
-fn slots_covered(a: Ipv4Addr, len: u8) -> Vec<u8> {
-    let net = u32::from(Ipv4Addr::new(192, 0, 2, 0));
-    let mask = |l: u8| if l == 0 { 0 } else { u32::MAX << (32 - l.min(32)) };
+/// The /28 slots of the /24 `net` that `a/len` overlaps.
+fn slots_covered(net: Ipv4Addr, a: Ipv4Addr, len: u8) -> Vec<u8> {
+    let net = u32::from(net);
+    let mask = |l: u8| {
+        if l == 0 {
+            0
+        } else {
+            u32::MAX << (32 - l.min(32))
+        }
+    };
     let a = u32::from(a);
     if len <= 24 {
-        // A route that covers all of 192.0.2.0/24 (a default route does not count: it is
-        // not a claim on the documentation range).
+        // A route that covers all of the /24 (a default route does not count: it is not a
+        // claim on the documentation range).
         if len > 0 && (a & mask(len)) == (net & mask(len)) {
             return (0..topology::MGMT_SLOTS).collect();
         }
@@ -188,7 +194,13 @@ pub fn build(names: &Names, mgmt: &Mgmt) -> Result<(), LabError> {
     ip(&[
         "link", "add", "name", &link, "type", "veth", "peer", "name", "root", "netns", &sw,
     ])?;
-    ip(&["link", "set", &link, "address", &topology::mac_for(mgmt.root())])?;
+    ip(&[
+        "link",
+        "set",
+        &link,
+        "address",
+        &topology::mac_for(mgmt.root()),
+    ])?;
     // Only this interface's IPv6 is switched off; the root namespace's settings are not ours.
     sh::run(
         "sysctl",
@@ -220,7 +232,10 @@ fn attach_data(names: &Names, h: &Host) -> Result<(), LabError> {
             "link", "add", "name", DATA_IF, "type", "veth", "peer", "name", h.name, "netns", &sw,
         ],
     )?;
-    ip_ns(&ns, &["link", "set", DATA_IF, "address", &topology::mac_for(h.ip)])?;
+    ip_ns(
+        &ns,
+        &["link", "set", DATA_IF, "address", &topology::mac_for(h.ip)],
+    )?;
     ip_ns(
         &ns,
         &[
@@ -246,7 +261,10 @@ fn attach_mgmt(names: &Names, ns: &str, peer: &str, addr: Ipv4Addr) -> Result<()
             "link", "add", "name", MGMT_IF, "type", "veth", "peer", "name", peer, "netns", &sw,
         ],
     )?;
-    ip_ns(ns, &["link", "set", MGMT_IF, "address", &topology::mac_for(addr)])?;
+    ip_ns(
+        ns,
+        &["link", "set", MGMT_IF, "address", &topology::mac_for(addr)],
+    )?;
     ip_ns(
         ns,
         &[
@@ -280,7 +298,9 @@ pub fn teardown(names: &Names) -> Result<Vec<String>, LabError> {
         if sh::try_run("ip", ["netns", "delete", ns.as_str()]) {
             removed.push(ns);
         } else {
-            return Err(LabError::Invalid(format!("could not delete namespace {ns}")));
+            return Err(LabError::Invalid(format!(
+                "could not delete namespace {ns}"
+            )));
         }
     }
     // Deleting sw-mgmt destroys the veth pair; delete the root end too if it was left alone
@@ -297,14 +317,25 @@ pub fn teardown(names: &Names) -> Result<Vec<String>, LabError> {
 mod tests {
     use super::*;
 
+    const G: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 0);
+
     #[test]
     fn slot_coverage() {
-        assert_eq!(slots_covered(Ipv4Addr::new(192, 0, 2, 14), 28), vec![0]);
-        assert_eq!(slots_covered(Ipv4Addr::new(192, 0, 2, 33), 32), vec![2]);
-        assert_eq!(slots_covered(Ipv4Addr::new(192, 0, 2, 0), 27), vec![0, 1]);
-        assert_eq!(slots_covered(Ipv4Addr::new(192, 0, 2, 0), 24).len(), 16);
-        assert!(slots_covered(Ipv4Addr::new(0, 0, 0, 0), 0).is_empty());
-        assert!(slots_covered(Ipv4Addr::new(10, 0, 0, 1), 8).is_empty());
-        assert!(slots_covered(Ipv4Addr::new(198, 51, 100, 1), 32).is_empty());
+        assert_eq!(slots_covered(G, Ipv4Addr::new(192, 0, 2, 14), 28), vec![0]);
+        assert_eq!(slots_covered(G, Ipv4Addr::new(192, 0, 2, 33), 32), vec![2]);
+        assert_eq!(
+            slots_covered(G, Ipv4Addr::new(192, 0, 2, 0), 27),
+            vec![0, 1]
+        );
+        assert_eq!(slots_covered(G, Ipv4Addr::new(192, 0, 2, 0), 24).len(), 16);
+        assert!(slots_covered(G, Ipv4Addr::new(0, 0, 0, 0), 0).is_empty());
+        assert!(slots_covered(G, Ipv4Addr::new(10, 0, 0, 1), 8).is_empty());
+        assert!(slots_covered(G, Ipv4Addr::new(198, 51, 100, 1), 32).is_empty());
+        let t = Ipv4Addr::new(203, 0, 113, 0);
+        assert_eq!(
+            slots_covered(t, Ipv4Addr::new(203, 0, 113, 20), 28),
+            vec![1]
+        );
+        assert!(slots_covered(t, Ipv4Addr::new(192, 0, 2, 2), 24).is_empty());
     }
 }

@@ -60,9 +60,7 @@ pub fn render(t: &Template, vars: &[(&str, String)]) -> Result<String, LabError>
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| err("unclosed {{".into()))?;
+        let end = after.find("}}").ok_or_else(|| err("unclosed {{".into()))?;
         let name = after[..end].trim();
         let i = vars
             .iter()
@@ -241,7 +239,10 @@ pub fn host_files(s: &Settings, host: &Host) -> Result<Vec<File>, LabError> {
                     // The name the service records with each password (80): the address.
                     ("name", host.ip.to_string()),
                     ("listen", sock(host.ip, topology::STOCK_API_PORT)),
-                    ("metrics_listen", sock(host.ip, topology::STOCK_METRICS_PORT)),
+                    (
+                        "metrics_listen",
+                        sock(host.ip, topology::STOCK_METRICS_PORT),
+                    ),
                     ("data_dir", p(&l.data_dir(host.name))),
                     ("pki", pki),
                 ],
@@ -277,7 +278,8 @@ pub fn host_files(s: &Settings, host: &Host) -> Result<Vec<File>, LabError> {
                     ("database_dir", p(&l.clamav_db())),
                     (
                         "log_file",
-                        p(&l.log_dir(host.name).join(format!("clamd-{}.scan.log", host.name))),
+                        p(&l.log_dir(host.name)
+                            .join(format!("clamd-{}.scan.log", host.name))),
                     ),
                 ],
             )?;
@@ -286,7 +288,10 @@ pub fn host_files(s: &Settings, host: &Host) -> Result<Vec<File>, LabError> {
                 file(l.clamd_config(host.name), clamd),
             ])
         }
-        Role::Monitor => Ok(vec![file(l.prometheus_config(), prometheus_config(s, host)?)]),
+        Role::Monitor => Ok(vec![file(
+            l.prometheus_config(),
+            prometheus_config(s, host)?,
+        )]),
     }
 }
 
@@ -344,15 +349,12 @@ pub fn rules_text(explicit: Option<&Path>) -> Result<String, LabError> {
         None if Path::new(REPO_RULES).exists() => PathBuf::from(REPO_RULES),
         None => return Ok(DEFAULT_RULES.to_string()),
     };
-    std::fs::read_to_string(&path).map_err(|e| LabError::io(format!("reading {}", path.display()), e))
+    std::fs::read_to_string(&path)
+        .map_err(|e| LabError::io(format!("reading {}", path.display()), e))
 }
 
 /// The arguments of `stockade-gateway run` (shared by the lab's spawn and the VM's unit).
-pub fn gateway_args(
-    layout: &Layout,
-    mgmt: &Mgmt,
-    dataplane: Option<&str>,
-) -> Vec<String> {
+pub fn gateway_args(layout: &Layout, mgmt: &Mgmt, dataplane: Option<&str>) -> Vec<String> {
     let mut v = vec![
         "run".to_string(),
         "--rules".into(),
@@ -382,7 +384,7 @@ mod tests {
             layout: Layout::Lab {
                 state: "/st".into(),
             },
-            mgmt: Mgmt::new(0).unwrap(),
+            mgmt: Mgmt::new(topology::MGMT_NETS[0], 0).unwrap(),
             auto_approve_ethics: true,
         }
     }
@@ -398,7 +400,11 @@ mod tests {
             "a=1 b=2"
         );
         assert!(render(&t, &[("a", "1".into())]).is_err());
-        assert!(render(&t, &[("a", "1".into()), ("b", "2".into()), ("c", "3".into())]).is_err());
+        assert!(render(
+            &t,
+            &[("a", "1".into()), ("b", "2".into()), ("c", "3".into())]
+        )
+        .is_err());
         let bad = Template {
             file: "t",
             text: "{{a",
@@ -416,7 +422,9 @@ mod tests {
         assert!(svc.contains("url: https://198.51.100.51:7443"));
         assert!(svc.contains("auto_approve_ethics: true"));
         assert!(svc.contains("address: /st/hosts/service2/clamd.sock"));
-        assert!(files[1].contents.contains("LocalSocket /st/hosts/service2/clamd.sock"));
+        assert!(files[1]
+            .contents
+            .contains("LocalSocket /st/hosts/service2/clamd.sock"));
     }
 
     #[test]

@@ -43,10 +43,14 @@ pub fn run_timeout(mut cmd: Command, timeout: Duration) -> Result<Output, LabErr
     let out = tempfile_pair().map_err(|e| LabError::io("creating capture files", e))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(
-            out.0.try_clone().map_err(|e| LabError::io("capture file", e))?,
+            out.0
+                .try_clone()
+                .map_err(|e| LabError::io("capture file", e))?,
         ))
         .stderr(Stdio::from(
-            out.1.try_clone().map_err(|e| LabError::io("capture file", e))?,
+            out.1
+                .try_clone()
+                .map_err(|e| LabError::io("capture file", e))?,
         ));
     let mut child = cmd
         .spawn()

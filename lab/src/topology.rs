@@ -7,8 +7,9 @@ use crate::LabError;
 
 /// The data segment shared by both sides of the transparent gateway.
 pub const DATA_PREFIX_LEN: u8 = 24;
-/// The management link: 192.0.2.0/24, split into /28 slots so that several labs (and the
-/// tests) can each have one in the root namespace without two routes for the same addresses.
+/// The management link: a documentation /24 (see `MGMT_NETS`), split into /28 slots so that
+/// several labs (and the tests) can each have one in the root namespace without two routes for
+/// the same addresses.
 pub const MGMT_PREFIX_LEN: u8 = 28;
 pub const MGMT_SLOTS: u8 = 16;
 
@@ -105,7 +106,9 @@ pub const STOCK2: Host = Host {
 };
 
 /// Every addressed host, in the order `up` builds them.
-pub const HOSTS: [Host; 7] = [CLIENT1, CLIENT2, SERVICE1, SERVICE2, MONITOR, STOCK1, STOCK2];
+pub const HOSTS: [Host; 7] = [
+    CLIENT1, CLIENT2, SERVICE1, SERVICE2, MONITOR, STOCK1, STOCK2,
+];
 
 /// The gateway's name and management offset.
 pub const GATEWAY: &str = "gateway";
@@ -134,24 +137,36 @@ pub fn mac_for(ip: Ipv4Addr) -> String {
     format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
 
-/// The lab's management addresses: slot `s` is 192.0.2.(16 s)/28.
+/// The documentation /24s the management link may use, in order of preference: DESIGN.md's
+/// 192.0.2.0/24, then 203.0.113.0/24 for machines whose own network already is 192.0.2.0/24
+/// (the lab never adds a root-namespace route that overlaps an existing one).
+pub const MGMT_NETS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 0), Ipv4Addr::new(203, 0, 113, 0)];
+
+/// The lab's management addresses: slot `s` of the /24 `net` is `net`.(16 s)/28.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mgmt {
+    pub net: Ipv4Addr,
     pub slot: u8,
 }
 
 impl Mgmt {
-    pub fn new(slot: u8) -> Result<Self, LabError> {
+    pub fn new(net: Ipv4Addr, slot: u8) -> Result<Self, LabError> {
         if slot >= MGMT_SLOTS {
             return Err(LabError::Invalid(format!(
                 "management slot {slot} is outside 0..{MGMT_SLOTS}"
             )));
         }
-        Ok(Self { slot })
+        if !MGMT_NETS.contains(&net) {
+            return Err(LabError::Invalid(format!(
+                "management network {net}/24 is not one of the documentation ranges {MGMT_NETS:?}"
+            )));
+        }
+        Ok(Self { net, slot })
     }
 
     pub fn addr(&self, offset: u8) -> Ipv4Addr {
-        Ipv4Addr::new(192, 0, 2, self.slot * 16 + offset)
+        let o = self.net.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], self.slot * 16 + offset)
     }
 
     pub fn root(&self) -> Ipv4Addr {
@@ -168,12 +183,6 @@ impl Mgmt {
 
     pub fn network(&self) -> Ipv4Addr {
         self.addr(0)
-    }
-
-    /// The slot an address of 192.0.2.0/24 falls in, if any.
-    pub fn slot_of(ip: Ipv4Addr) -> Option<u8> {
-        let o = ip.octets();
-        (o[0] == 192 && o[1] == 0 && o[2] == 2).then_some(o[3] / 16)
     }
 }
 
@@ -269,14 +278,13 @@ mod tests {
 
     #[test]
     fn management_slots() {
-        let m = Mgmt::new(0).unwrap();
+        let m = Mgmt::new(MGMT_NETS[0], 0).unwrap();
         assert_eq!(m.gateway(), Ipv4Addr::new(192, 0, 2, 1));
         assert_eq!(m.root(), Ipv4Addr::new(192, 0, 2, 14));
-        let m = Mgmt::new(3).unwrap();
-        assert_eq!(m.of(&SERVICE2), Some(Ipv4Addr::new(192, 0, 2, 52)));
+        let m = Mgmt::new(MGMT_NETS[1], 3).unwrap();
+        assert_eq!(m.of(&SERVICE2), Some(Ipv4Addr::new(203, 0, 113, 52)));
         assert_eq!(m.of(&STOCK1), None);
-        assert_eq!(Mgmt::slot_of(Ipv4Addr::new(192, 0, 2, 52)), Some(3));
-        assert_eq!(Mgmt::slot_of(Ipv4Addr::new(198, 51, 100, 1)), None);
-        assert!(Mgmt::new(16).is_err());
+        assert!(Mgmt::new(MGMT_NETS[0], 16).is_err());
+        assert!(Mgmt::new(Ipv4Addr::new(10, 0, 0, 0), 0).is_err());
     }
 }

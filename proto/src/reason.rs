@@ -30,6 +30,9 @@ pub enum Refusal {
     BadRequest(String),
     /// A stock server could not be reached.
     StockUnavailable(String),
+    /// 92: the content (sniffed, never the file name) is a type the review does not take;
+    /// detail: the detected type, e.g. `svg`.
+    Unsupported(String),
 }
 
 impl Refusal {
@@ -47,6 +50,7 @@ impl Refusal {
             Refusal::NotFound(_) => "not_found",
             Refusal::BadRequest(_) => "bad_request",
             Refusal::StockUnavailable(_) => "stock_unavailable",
+            Refusal::Unsupported(_) => "unsupported",
         }
     }
 
@@ -62,7 +66,8 @@ impl Refusal {
             | Refusal::TooLarge(d)
             | Refusal::NotFound(d)
             | Refusal::BadRequest(d)
-            | Refusal::StockUnavailable(d) => d,
+            | Refusal::StockUnavailable(d)
+            | Refusal::Unsupported(d) => d,
         }
     }
 }

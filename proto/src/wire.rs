@@ -11,6 +11,11 @@
 //! - `GET  /v1/files` → [`FileList`]
 //! - `POST /v1/files/delete` [`OwnerRequest`] → 204
 //! - `POST /v1/password/rotate` [`OwnerRequest`] → [`RotateResponse`] (79–82)
+//! - `GET  /v1/reduced?scope=all|public|account` (password optional) → [`ReducedImageList`] (claims 6, 14)
+//! - `GET  /v1/reduced/{id}` (password needed for a private one) → `image/png`
+//! - `GET  /v1/templates?client_id=...` → [`TemplateList`] (claims 7, 15)
+//! - `GET  /v1/templates/{name}/reduced`, `GET /v1/templates/{name}/mask` → `image/png`
+//! - `POST /v1/templates/push` [`TemplatePushRequest`] → [`TemplatePushResponse`] (Fig. 12, 135, 137)
 //!
 //! Service → stock (mutual TLS, service certificates only):
 //! - `GET  /v1/identity` → [`StockIdentity`]
@@ -57,6 +62,10 @@ pub struct RegisterResponse {
 #[serde(deny_unknown_fields)]
 pub struct UploadInstructionRequest {
     pub client_id: String,
+    /// Claim 6 with a choice: the reduced image of this upload is visible only to requests
+    /// bearing the account's server password. Absent from older clients: public.
+    #[serde(default)]
+    pub private_thumbnail: bool,
 }
 
 /// The upload instruction (72, 109): a one-time ticket and the key to seal to.
@@ -91,6 +100,16 @@ pub enum UploadStatus {
         stock_server: String,
         server_password_wrapped: Option<String>,
         account_key_wrapped: Option<String>,
+        /// The content disarm (Fig. 5, before 78) changed the image: what is stored differs
+        /// from the upload (metadata, trailing data or a re-encode), so the upload is not a
+        /// copy of what the stock server holds. Absent from older services: false.
+        #[serde(default)]
+        disarmed: bool,
+        /// Hex SHA-256 and size of the stored (disarmed) image, when the service reports them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stored_sha256: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stored_size: Option<u64>,
     },
 }
 
@@ -172,6 +191,11 @@ pub struct StockIdentity {
 #[serde(deny_unknown_fields)]
 pub struct CreateAccountRequest {
     pub owner_public_key_pem: String,
+    /// Base64 32-byte account key chosen by the service (the template account, claim 7): the
+    /// stock server files it instead of generating one, and the answer's
+    /// `account_key_wrapped` is empty when `owner_public_key_pem` is. Absent: generated (85).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_key: Option<String>,
 }
 
 /// 87: the database key and the account key, wrapped to the owner so the service only relays it.
@@ -194,6 +218,102 @@ pub struct PushRequest {
     pub file_name: String,
     pub destination: SocketAddr,
     pub nonce: String,
+}
+
+/// One reduced image kept by the service (claims 6, 14).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReducedImageEntry {
+    /// Stable id (hex), unique across accounts: `GET /v1/reduced/{id}`.
+    pub id: String,
+    /// The file name in its account.
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    /// The full image's size, upright (EXIF orientation applied).
+    pub source_width: u32,
+    pub source_height: u32,
+    /// Visible only with the account's server password (`--private-thumbnail`).
+    pub private: bool,
+    /// Belongs to the account whose server password the request bore.
+    pub own: bool,
+    /// What was done about colour (ICC) when it was made.
+    pub colour: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReducedImageList {
+    pub images: Vec<ReducedImageEntry>,
+}
+
+/// Where the user image goes in a template, in template pixels.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TemplateSlot {
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MaskInfo {
+    /// The mask's full size; it is stretched over the slot.
+    pub width: u32,
+    pub height: u32,
+}
+
+/// A template (background image, claims 7, 15): full size on a stock server, reduced on the service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TemplateEntry {
+    pub name: String,
+    /// Full size, upright.
+    pub width: u32,
+    pub height: u32,
+    pub slot: TemplateSlot,
+    pub mask: Option<MaskInfo>,
+    pub reduced_width: u32,
+    pub reduced_height: u32,
+    /// The stock server that holds it (Fig. 12).
+    pub stock_server: String,
+    pub colour: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateList {
+    pub templates: Vec<TemplateEntry>,
+    /// The template account key, RSA-OAEP-wrapped to the registered key of the `client_id`
+    /// asked with (base64); absent when none was given or it is not registered.
+    #[serde(default)]
+    pub template_key_wrapped: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplatePart {
+    #[default]
+    Template,
+    Mask,
+}
+
+/// A template push needs no server password; the destination rule of 121 still holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatePushRequest {
+    pub template: String,
+    #[serde(default)]
+    pub part: TemplatePart,
+    pub destination: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplatePushResponse {
+    /// Hex request nonce the push will carry.
+    pub nonce: String,
+    /// Hex Ed25519 key the push is signed with.
+    pub stock_public_key: String,
+    /// The name the push header will carry.
+    pub file_name: String,
 }
 
 /// Decodes a 32-byte key written in hex (service upload keys, stock push keys).

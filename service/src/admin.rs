@@ -34,6 +34,10 @@ pub enum AdminRequest {
         reason: String,
         operator: String,
     },
+    /// Claim 7: add a template (reviewed by 91 and 92, then stored on a stock server).
+    TemplateAdd(crate::templates::AddTemplate),
+    /// The templates, with their slots.
+    TemplateList,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,6 +47,9 @@ pub struct AdminResponse {
     pub error: Option<String>,
     #[serde(default)]
     pub uploads: Vec<UploadRecord>,
+    /// Answers to the template requests (claim 7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<stockade_proto::wire::TemplateEntry>,
 }
 
 impl AdminResponse {
@@ -51,6 +58,7 @@ impl AdminResponse {
             ok: false,
             error: Some(e.into()),
             uploads: vec![],
+            templates: vec![],
         }
     }
     fn ok(uploads: Vec<UploadRecord>) -> Self {
@@ -58,12 +66,27 @@ impl AdminResponse {
             ok: true,
             error: None,
             uploads,
+            templates: vec![],
         }
     }
 }
 
 pub async fn handle(svc: &Arc<Service>, req: AdminRequest) -> AdminResponse {
     match req {
+        AdminRequest::TemplateAdd(add) => match crate::templates::add(svc, add).await {
+            Ok(t) => AdminResponse {
+                templates: vec![t.entry],
+                ..AdminResponse::ok(vec![])
+            },
+            Err(e) => AdminResponse::err(e.to_string()),
+        },
+        AdminRequest::TemplateList => match crate::templates::all(svc) {
+            Ok(v) => AdminResponse {
+                templates: v.into_iter().map(|t| t.entry).collect(),
+                ..AdminResponse::ok(vec![])
+            },
+            Err(e) => AdminResponse::err(e.to_string()),
+        },
         AdminRequest::List { all } => match svc.db.uploads() {
             Ok(mut v) => {
                 if !all {

@@ -33,6 +33,8 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/files", get(files))
         .route("/v1/files/delete", post(delete))
         .route("/v1/password/rotate", post(rotate))
+        .merge(crate::reduced_image::router())
+        .merge(crate::templates::router())
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(svc)
 }
@@ -117,6 +119,7 @@ async fn upload_instruction(
                 client_id: req.client_id,
                 password_id,
                 expires_at: now_secs() + ttl,
+                private_thumbnail: req.private_thumbnail,
             },
         )
         .map_err(db_err)?;
@@ -145,6 +148,18 @@ async fn upload(
     body: Body,
 ) -> Res<(StatusCode, Json<UploadAccepted>)> {
     let env = |d: String| refused(StatusCode::BAD_REQUEST, Refusal::Envelope(d));
+    // A bounded review queue (74): a flood waits outside, not in the service's memory or disk.
+    svc.refresh_quarantine_gauge();
+    let queued = svc.metrics.quarantine.get().max(0) as usize;
+    if queued >= svc.config.limits.review_queue_max {
+        svc.metrics.uploads.with_label_values(&["queue_full"]).inc();
+        return Err(refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::TooLarge(format!(
+                "the review queue is full ({queued} uploads waiting); try again later"
+            )),
+        ));
+    }
     let header_ticket = headers
         .get(TICKET_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -228,6 +243,8 @@ async fn upload(
         stage: Stage::Checking,
         new_account: None,
         operator: None,
+        disarmed: None,
+        private_thumbnail: ticket.private_thumbnail,
     };
     svc.db.put_upload(&rec).map_err(db_err)?;
     svc.metrics.upload_bytes.inc_by(rec.size);
@@ -266,6 +283,9 @@ async fn upload_status(
             stock_server,
             server_password_wrapped,
             account_key_wrapped,
+            disarmed: rec.disarmed.as_ref().is_some_and(|d| d.changed),
+            stored_sha256: rec.disarmed.as_ref().map(|d| d.sha256.clone()),
+            stored_size: rec.disarmed.as_ref().map(|d| d.size),
         },
     }))
 }
@@ -396,13 +416,32 @@ async fn delete(
         .clone()
         .ok_or_else(|| ApiError::bad_request("file_name is required"))?;
     valid_file_name(&name).map_err(|r| refused(StatusCode::BAD_REQUEST, r))?;
-    match svc
+    let deleted = svc
         .stock
         .delete(&acct.stock_server, &acct.database_key, &name)
-        .await
-    {
+        .await;
+    // Claim 6: the reduced image goes with its image (also when the stock server no longer
+    // had the image: nothing may outlive it).
+    let gone = match &deleted {
+        Ok(()) => true,
+        Err(crate::stock_client::StockError::Refused(_, r)) => matches!(r, Refusal::NotFound(_)),
+        Err(_) => false,
+    };
+    if gone {
+        crate::reduced_image::remove(&svc, &acct.stock_server, &acct.database_key, &name)
+            .map_err(|e| ApiError::internal("deleting the reduced image", e))?;
+    }
+    match deleted {
         Ok(()) => {
             tracing::info!("file deleted by its owner");
+            svc.audit.record(crate::audit::Event {
+                event: "deleted",
+                account: acct.owner.clone(),
+                file_name: Some(name.clone()),
+                operator: Some(format!("owner {}", req.client_id)),
+                reason: Some("deleted by the account owner".into()),
+                ..Default::default()
+            });
             Ok(StatusCode::NO_CONTENT)
         }
         Err(crate::stock_client::StockError::Refused(_, r @ Refusal::NotFound(_))) => {

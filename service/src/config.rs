@@ -27,6 +27,15 @@ pub struct ServiceConfig {
     /// Seconds an upload instruction (ticket) stays valid.
     #[serde(default = "default_ticket_ttl")]
     pub ticket_ttl_secs: u64,
+    /// The operator web console (HTTPS on the admin address); absent: no console.
+    #[serde(default)]
+    pub console: Option<crate::console::ConsoleConfig>,
+    /// The hash-chained audit trail (JSON lines); default `<data_dir>/audit.jsonl`.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
+    /// Reduced images of stored images and templates (claims 6, 7, 14, 15).
+    #[serde(default)]
+    pub reduced_images: crate::reduced_image::ReducedImagesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,9 +97,33 @@ pub struct Limits {
     pub max_decoded_bytes: u64,
     #[serde(default = "default_decode_timeout")]
     pub decode_timeout_secs: u64,
-    /// Reviews (scan + decode) running at once.
+    /// Reviews (scan + decode + disarm) running at once: the bound on concurrent decodes.
     #[serde(default = "default_review_concurrency")]
     pub review_concurrency: usize,
+    /// A GIF with more frames is refused (only the first is kept).
+    #[serde(default = "default_max_gif_frames")]
+    pub max_gif_frames: u32,
+    /// Uploads held in quarantine at once; past it, new uploads are turned away (503) until
+    /// the queue drains.
+    #[serde(default = "default_review_queue_max")]
+    pub review_queue_max: usize,
+    /// The service's memory ceiling. The config is refused unless the worst case of
+    /// `review_concurrency` decodes at the limits fits under it (see `worst_case_memory`).
+    #[serde(default = "default_memory_ceiling")]
+    pub memory_ceiling_bytes: u64,
+}
+
+/// The service's own footprint besides decoding: runtime, TLS, database cache, upload streams.
+pub const BASE_MEMORY_BYTES: u64 = 96 << 20;
+
+impl Limits {
+    /// Worst-case resident memory: the base plus, per concurrent review, the upload and the
+    /// disarmed copy held in memory and three decoded-size buffers (the decoded image, a turned
+    /// copy, the re-decode of the stored bytes).
+    pub fn worst_case_memory(&self) -> u64 {
+        let per = 2 * self.max_upload_bytes + 3 * self.max_decoded_bytes;
+        BASE_MEMORY_BYTES + self.review_concurrency as u64 * per
+    }
 }
 
 impl Default for Limits {
@@ -103,6 +136,9 @@ impl Default for Limits {
             max_decoded_bytes: default_max_decoded(),
             decode_timeout_secs: default_decode_timeout(),
             review_concurrency: default_review_concurrency(),
+            max_gif_frames: default_max_gif_frames(),
+            review_queue_max: default_review_queue_max(),
+            memory_ceiling_bytes: default_memory_ceiling(),
         }
     }
 }
@@ -134,6 +170,15 @@ fn default_decode_timeout() -> u64 {
 fn default_review_concurrency() -> usize {
     2
 }
+fn default_max_gif_frames() -> u32 {
+    1000
+}
+fn default_review_queue_max() -> usize {
+    256
+}
+fn default_memory_ceiling() -> u64 {
+    4 << 30
+}
 
 impl ServiceConfig {
     pub fn load(path: &Path) -> Result<Self, stockade_proto::config::ConfigError> {
@@ -147,7 +192,11 @@ impl ServiceConfig {
             &mut c.tls.stock_ca,
             &mut c.tls.client_cert,
             &mut c.tls.client_key,
-        ] {
+        ]
+        .into_iter()
+        .chain(c.audit_log.as_mut())
+        .chain(c.console.iter_mut().flat_map(|k| k.paths_mut()))
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -171,6 +220,20 @@ impl ServiceConfig {
             return Err(invalid(
                 "limits.review_concurrency must be at least 1".into(),
             ));
+        }
+        if c.limits.worst_case_memory() > c.limits.memory_ceiling_bytes {
+            return Err(invalid(format!(
+                "limits.memory_ceiling_bytes ({}) is below the worst case of {} concurrent reviews at these limits ({} bytes = {} base + {} x (2 x max_upload_bytes + 3 x max_decoded_bytes)): lower the limits or raise the ceiling",
+                c.limits.memory_ceiling_bytes,
+                c.limits.review_concurrency,
+                c.limits.worst_case_memory(),
+                BASE_MEMORY_BYTES,
+                c.limits.review_concurrency
+            )));
+        }
+        c.reduced_images.validate().map_err(invalid)?;
+        if let Some(k) = &c.console {
+            k.validate().map_err(invalid)?;
         }
         Ok(c)
     }

@@ -47,6 +47,9 @@ pub struct Ticket {
     /// Set for a re-upload (109): the password id of the account.
     pub password_id: Option<String>,
     pub expires_at: u64,
+    /// Claim 6 with a choice: this upload's reduced image is private to its account.
+    #[serde(default)]
+    pub private_thumbnail: bool,
 }
 
 /// Where an upload is in Fig. 5.
@@ -85,6 +88,26 @@ pub struct UploadRecord {
     /// First upload: the account made on the stock server (so a retry does not make another).
     pub new_account: Option<NewAccount>,
     pub operator: Option<String>,
+    /// The content disarm's result: what will be stored instead of the upload as received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disarmed: Option<Disarmed>,
+    /// Claim 6: the reduced image is visible only with the account's server password.
+    #[serde(default)]
+    pub private_thumbnail: bool,
+}
+
+/// The disarmed image that replaced the upload in quarantine (and goes to the stock server, 78).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Disarmed {
+    /// Hex SHA-256 of the stored bytes.
+    pub sha256: String,
+    pub size: u64,
+    /// Whether they differ from the upload.
+    pub changed: bool,
+    /// "png", "jpeg", ...
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +119,14 @@ pub struct NewAccount {
 
 pub struct Db {
     db: Database,
+}
+
+impl Db {
+    /// The database itself, for modules that keep their own tables (reduced images,
+    /// templates: claims 6, 7).
+    pub fn raw(&self) -> &Database {
+        &self.db
+    }
 }
 
 fn get<T: DeserializeOwned>(
@@ -247,6 +278,7 @@ mod tests {
                 client_id: "c".into(),
                 password_id: None,
                 expires_at: 10,
+                private_thumbnail: false,
             },
         )
         .unwrap();
@@ -258,6 +290,7 @@ mod tests {
                 client_id: "c".into(),
                 password_id: None,
                 expires_at: 5,
+                private_thumbnail: false,
             },
         )
         .unwrap();
@@ -267,6 +300,7 @@ mod tests {
                 client_id: "c".into(),
                 password_id: None,
                 expires_at: 50,
+                private_thumbnail: false,
             },
         )
         .unwrap();

@@ -8,12 +8,16 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod metrics;
 pub mod password;
+pub mod reduced_image;
 pub mod review;
 pub mod stock_client;
+pub mod templates;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -38,6 +42,8 @@ pub struct Service {
     /// Owner-request nonces seen within the replay window (nonce → expiry).
     pub owner_nonces: Mutex<std::collections::HashMap<String, u64>>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The hash-chained audit trail of the review desk.
+    pub audit: audit::AuditLog,
 }
 
 impl Service {
@@ -49,10 +55,23 @@ impl Service {
         self.quarantine_dir().join(id)
     }
 
+    /// The operator's preview of a disarmed upload (rendered from the disarmed bytes).
+    pub fn preview_path(&self, id: &str) -> PathBuf {
+        self.quarantine_dir().join(format!(".preview-{id}.png"))
+    }
+
+    /// Where the disarmed copy is written before it replaces the upload.
+    pub fn disarm_part_path(&self, id: &str) -> PathBuf {
+        self.quarantine_dir().join(format!(".part-disarm-{id}"))
+    }
+
     /// 76 / 78: erase a quarantined upload, durably.
     pub fn erase_quarantined(&self, id: &str) {
         if let Err(e) = stockade_proto::fsutil::remove_durable(&self.quarantine_path(id)) {
             tracing::error!(upload = %id, error = %e, "erasing quarantined upload");
+        }
+        for p in [self.preview_path(id), self.disarm_part_path(id)] {
+            let _ = std::fs::remove_file(p);
         }
         self.refresh_quarantine_gauge();
     }

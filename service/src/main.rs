@@ -44,6 +44,25 @@ enum Cmd {
         #[command(subcommand)]
         action: ReviewCmd,
     },
+    /// Print an argon2id hash of an operator password (read from standard input, one line) for
+    /// the `console.operators[].password_hash` setting.
+    OperatorHash,
+    /// Templates for composition (claim 7): only the operator adds them.
+    Template {
+        /// The service config (to find the admin socket).
+        #[arg(long, short, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The admin socket path.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TemplateCmd,
+    },
+    /// The review desk's audit trail.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCmd,
+    },
     /// Generate local certificates for a lab or demo (CA, service, stock, service-client, monitor).
     Pki {
         /// Output directory.
@@ -54,6 +73,49 @@ enum Cmd {
         /// Names (DNS or IP) for the stock certificate; repeat.
         #[arg(long = "stock-name", required = true)]
         stock_names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain; names the first altered, removed or inserted line.
+    Verify { file: PathBuf },
+    /// Print the entries (after verifying the chain).
+    Show {
+        file: PathBuf,
+        /// Only entries at or after this time: RFC 3339 (2024-05-01T12:00:00Z), a date
+        /// (2024-05-01) or seconds since the Unix epoch.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplateCmd {
+    /// Add a template: reviewed (91 virus, 92 integrity), stored full-size on a stock server
+    /// under the template account, its reduced image kept by the service.
+    Add {
+        /// The template image.
+        file: PathBuf,
+        /// Its unique name.
+        #[arg(long)]
+        name: String,
+        /// Where the user image goes, in template pixels (upright): x,y,w,h.
+        #[arg(long, value_name = "X,Y,W,H")]
+        slot: String,
+        /// A grayscale mask stretched over the slot: white = the user image shows.
+        #[arg(long, value_name = "FILE")]
+        mask: Option<PathBuf>,
+        /// The stock server to hold it (Fig. 12) [default: chosen by name].
+        #[arg(long, value_name = "NAME")]
+        stock_server: Option<String>,
+    },
+    /// The templates and their slots.
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -95,6 +157,16 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Run { config, pid_file } => run(config, pid_file).await,
+        Cmd::OperatorHash => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let pw = zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_string());
+            println!("{}", stockade_service::console::auth::hash_password(&pw)?);
+            Ok(())
+        }
+        Cmd::Audit { action } => audit_cmd(action),
         Cmd::Pki {
             dir,
             service_names,
@@ -116,6 +188,18 @@ async fn main() -> anyhow::Result<()> {
             };
             review_cmd(&socket, action).await
         }
+        Cmd::Template {
+            config,
+            socket,
+            action,
+        } => {
+            let socket = match (config, socket) {
+                (_, Some(s)) => s,
+                (Some(c), None) => ServiceConfig::load(&c)?.admin_socket,
+                (None, None) => bail!("give --config FILE or --socket PATH"),
+            };
+            template_cmd(&socket, action).await
+        }
     }
 }
 
@@ -127,6 +211,62 @@ fn stage_text(s: &Stage) -> String {
         Stage::Refused { refusal } => format!("refused: {refusal}"),
         Stage::Stored { stock_server, .. } => format!("stored on {stock_server}"),
     }
+}
+
+async fn template_cmd(socket: &std::path::Path, action: TemplateCmd) -> anyhow::Result<()> {
+    let abs = |p: PathBuf| -> anyhow::Result<PathBuf> {
+        std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()))
+    };
+    let (req, json) = match action {
+        TemplateCmd::Add {
+            file,
+            name,
+            slot,
+            mask,
+            stock_server,
+        } => (
+            AdminRequest::TemplateAdd(stockade_service::templates::AddTemplate {
+                file: abs(file)?,
+                name,
+                slot,
+                mask: mask.map(abs).transpose()?,
+                stock_server,
+            }),
+            false,
+        ),
+        TemplateCmd::List { json } => (AdminRequest::TemplateList, json),
+    };
+    let added = matches!(req, AdminRequest::TemplateAdd(_));
+    let resp = admin::call(socket, &req).await?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_else(|| "refused".into()));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&resp.templates)?);
+        return Ok(());
+    }
+    for t in &resp.templates {
+        println!(
+            "{}{}  {}x{}  slot {},{},{},{}  mask {}  on {}",
+            if added { "added template " } else { "" },
+            t.name,
+            t.width,
+            t.height,
+            t.slot.x,
+            t.slot.y,
+            t.slot.w,
+            t.slot.h,
+            t.mask
+                .as_ref()
+                .map(|m| format!("{}x{}", m.width, m.height))
+                .unwrap_or_else(|| "none".into()),
+            t.stock_server
+        );
+    }
+    if resp.templates.is_empty() {
+        println!("(no templates)");
+    }
+    Ok(())
 }
 
 async fn review_cmd(socket: &std::path::Path, action: ReviewCmd) -> anyhow::Result<()> {
@@ -181,6 +321,85 @@ async fn review_cmd(socket: &std::path::Path, action: ReviewCmd) -> anyhow::Resu
     Ok(())
 }
 
+/// `--since`: RFC 3339, a date, or epoch seconds.
+fn parse_since(s: &str) -> anyhow::Result<u64> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let bad = || {
+        anyhow::anyhow!("--since {s:?}: give RFC 3339 (2024-05-01T12:00:00Z), a date (2024-05-01) or epoch seconds")
+    };
+    let (date, time) = s.split_once('T').unwrap_or((s, "00:00:00Z"));
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let t: Vec<i64> = time
+        .trim_end_matches('Z')
+        .split(':')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let ([y, m, dd], [hh, mm, ss]) = (d.as_slice(), t.as_slice()) else {
+        return Err(bad());
+    };
+    // Days from civil (the inverse of audit::rfc3339).
+    let y2 = if *m <= 2 { y - 1 } else { *y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + dd - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).map_err(|_| bad())
+}
+
+fn audit_cmd(action: AuditCmd) -> anyhow::Result<()> {
+    use stockade_service::audit;
+    match action {
+        AuditCmd::Verify { file } => {
+            let lines = audit::verify(&file)
+                .with_context(|| format!("{}: the audit trail does not verify", file.display()))?;
+            let head = lines.last().map_or(audit::GENESIS, |l| l.hash.as_str());
+            println!(
+                "{}: ok, {} entries, head {head}",
+                file.display(),
+                lines.len()
+            );
+            Ok(())
+        }
+        AuditCmd::Show { file, since, json } => {
+            let since = since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
+            let lines = audit::verify(&file)
+                .with_context(|| format!("{}: the audit trail does not verify", file.display()))?;
+            for l in lines.iter().filter(|l| l.entry.ts >= since) {
+                let e = &l.entry;
+                if json {
+                    println!("{}", serde_json::to_string(e)?);
+                    continue;
+                }
+                println!(
+                    "#{} {} {:<8} {} {} account {} {}{}",
+                    e.seq,
+                    e.time,
+                    e.event,
+                    e.upload.as_deref().unwrap_or("-"),
+                    e.file_name.as_deref().unwrap_or("-"),
+                    &e.account[..12.min(e.account.len())],
+                    e.operator
+                        .as_deref()
+                        .map(|o| format!("by {o} "))
+                        .unwrap_or_default(),
+                    e.reason.as_deref().unwrap_or("")
+                );
+                for (c, r) in &e.checks {
+                    println!("    {c}: {r}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = ServiceConfig::load(&config_path)?;
     std::fs::create_dir_all(config.data_dir.join("quarantine"))
@@ -213,6 +432,28 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
     let metrics = Metrics::new();
     let shutdown = stockade_proto::serve::shutdown_signal();
     let review_slots = tokio::sync::Semaphore::new(config.limits.review_concurrency);
+    let audit_path = config
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("audit.jsonl"));
+    let audit = stockade_service::audit::AuditLog::open(&audit_path)
+        .context("opening the audit trail (verify it with `stockade-service audit verify`)")?;
+    let (entries, head) = audit.head();
+    tracing::info!(path = %audit_path.display(), entries, %head, "audit trail opened");
+    let console = match &config.console {
+        Some(k) => {
+            let tls = stockade_proto::tls::server_config(
+                k.cert.as_ref().unwrap_or(&config.tls.cert),
+                k.key.as_ref().unwrap_or(&config.tls.key),
+                None,
+            )?;
+            let l = tokio::net::TcpListener::bind(k.listen)
+                .await
+                .with_context(|| format!("binding the console on {}", k.listen))?;
+            Some((l, tls, k.clone()))
+        }
+        None => None,
+    };
     let svc = Arc::new(Service {
         config,
         db,
@@ -223,6 +464,7 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
         review_slots,
         owner_nonces: Default::default(),
         shutdown: shutdown.clone(),
+        audit,
     });
     recover(&svc)?;
     // clamd health for the metric; the review itself never trusts this and fails closed.
@@ -250,6 +492,16 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
             .with_graceful_shutdown(async move { stockade_proto::serve::stopped(&mut stop).await })
             .await;
     });
+    let console_task = console.map(|(l, tls, cfg)| {
+        tracing::info!(console = %cfg.listen, "operator console listening (HTTPS)");
+        let router = stockade_service::console::router(svc.clone(), cfg);
+        tokio::spawn(stockade_proto::serve::serve_tls(
+            l,
+            tls,
+            router,
+            shutdown.clone(),
+        ))
+    });
     tracing::info!(api = %svc.config.listen, metrics = %svc.config.metrics_listen, admin = %svc.config.admin_socket.display(), "service listening");
     if let Some(p) = &pid_file {
         stockade_proto::fsutil::write_atomic(
@@ -261,6 +513,9 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
     stockade_proto::serve::serve_tls(listener, tls, api::router(svc.clone()), shutdown).await;
     let _ = metrics_task.await;
     let _ = admin_task.await;
+    if let Some(t) = console_task {
+        let _ = t.await;
+    }
     if let Some(p) = &pid_file {
         let _ = std::fs::remove_file(p);
     }

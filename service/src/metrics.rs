@@ -15,6 +15,8 @@ pub struct Metrics {
     pub quarantine: IntGauge,
     pub review_seconds: Histogram,
     pub delivery_seconds: Histogram,
+    pub scan_seconds: Histogram,
+    pub quarantine_seconds: Histogram,
 }
 
 impl Metrics {
@@ -91,6 +93,24 @@ impl Metrics {
             "stockade_service_delivery_seconds",
             "Time to deliver an approved upload to the stock server (78-82).",
         );
+        let scan_seconds = h(
+            "stockade_service_scan_seconds",
+            "Latency of one clamd scan (91), of the upload as received or of its disarmed copy.",
+        );
+        // Operator decisions take minutes to hours, not milliseconds.
+        let quarantine_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "stockade_service_quarantine_seconds",
+                "Time an upload spent in quarantine (74) until its decision (94 or 95).",
+            )
+            .buckets(vec![
+                1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+            ]),
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(quarantine_seconds.clone()))
+            .expect("unique");
         Self {
             registry,
             uploads,
@@ -102,6 +122,8 @@ impl Metrics {
             quarantine,
             review_seconds,
             delivery_seconds,
+            scan_seconds,
+            quarantine_seconds,
         }
     }
 }

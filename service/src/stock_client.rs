@@ -114,6 +114,26 @@ impl StockClients {
     ) -> Result<CreateAccountResponse, StockError> {
         let body = CreateAccountRequest {
             owner_public_key_pem: owner_pem.into(),
+            account_key: None,
+        };
+        self.send(
+            name,
+            self.http.post(self.url(name, "/v1/accounts")?).json(&body),
+        )
+        .await?
+        .ok_or_else(|| StockError::Unavailable(name.into(), "empty answer".into()))
+    }
+
+    /// Claim 7: the template account, under the key the service generated and keeps (sent
+    /// over this mutual-TLS link only); nothing is wrapped to an owner.
+    pub async fn create_template_account(
+        &self,
+        name: &str,
+        account_key: &[u8; 32],
+    ) -> Result<CreateAccountResponse, StockError> {
+        let body = CreateAccountRequest {
+            owner_public_key_pem: String::new(),
+            account_key: Some(data_encoding::BASE64.encode(account_key)),
         };
         self.send(
             name,

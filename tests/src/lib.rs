@@ -152,6 +152,10 @@ pub struct Options {
     pub start_clamd: bool,
     /// Overrides the stock servers' push port (benchmarks push to a local sink).
     pub push_port: Option<u16>,
+    /// More lines under the service config's `limits:` (each indented two spaces).
+    pub limits_yaml: String,
+    /// More top-level sections of the service config (e.g. `console:`).
+    pub extra_service_yaml: String,
 }
 
 impl Default for Options {
@@ -162,6 +166,8 @@ impl Default for Options {
             max_upload_bytes: 20 << 20,
             start_clamd: true,
             push_port: None,
+            limits_yaml: String::new(),
+            extra_service_yaml: String::new(),
         }
     }
 }
@@ -248,12 +254,14 @@ impl System {
             format!(
                 "name: service-1\nlisten: 127.0.0.1:{}\nmetrics_listen: 127.0.0.1:{}\nadmin_socket: admin.sock\ndata_dir: service-data\n\
                  tls:\n  cert: pki/service.pem\n  key: pki/service.key\n  stock_ca: pki/ca.pem\n  client_cert: pki/service-client.pem\n  client_key: pki/service-client.key\n\
-                 stock_servers:\n{stocks}clamd:\n  address: {}\n  timeout_secs: 20\nreview:\n  auto_approve_ethics: {}\nlimits:\n  max_upload_bytes: {}\n",
+                 stock_servers:\n{stocks}clamd:\n  address: {}\n  timeout_secs: 20\nreview:\n  auto_approve_ethics: {}\nlimits:\n  max_upload_bytes: {}\n{}{}",
                 sys.service_port,
                 sys.service_metrics_port,
                 clamd_socket.display(),
                 opts.auto_approve,
                 opts.max_upload_bytes,
+                opts.limits_yaml,
+                opts.extra_service_yaml,
             ),
         )
         .unwrap();

@@ -168,6 +168,77 @@ impl Batch {
     }
 }
 
+/// Sends frames that live anywhere (e.g. in a receive ring) with one `sendmmsg(2)`.
+pub struct Sender {
+    iov: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+}
+
+// SAFETY: between calls the headers only point into `iov`, which the Sender owns; the frame
+// pointers written by `send` are used only during that call.
+unsafe impl Send for Sender {}
+
+impl Default for Sender {
+    fn default() -> Self {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let mut me = Sender {
+            iov: vec![empty; BATCH].into_boxed_slice(),
+            // SAFETY: mmsghdr is plain old data; all-zero is valid.
+            hdrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+        };
+        let iov_ptr = me.iov.as_mut_ptr();
+        for (i, h) in me.hdrs.iter_mut().enumerate() {
+            // SAFETY: i < BATCH == iov.len().
+            h.msg_hdr.msg_iov = unsafe { iov_ptr.add(i) };
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        me
+    }
+}
+
+impl Sender {
+    /// Sends up to [`BATCH`] frames out of `fd`; returns how many the kernel took.
+    pub fn send(&mut self, fd: &OwnedFd, frames: &[&[u8]]) -> io::Result<usize> {
+        let count = frames.len().min(BATCH);
+        for (k, f) in frames[..count].iter().enumerate() {
+            // The kernel only reads through iov_base on send; the pointer is *mut by type.
+            self.iov[k] = libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            };
+            self.hdrs[k].msg_len = 0;
+        }
+        let mut sent = 0;
+        while sent < count {
+            // SAFETY: headers sent..count point to iovecs that describe the borrowed `frames`,
+            // alive for the duration of the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd.as_raw_fd(),
+                    self.hdrs.as_mut_ptr().add(sent),
+                    (count - sent) as libc::c_uint,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return if sent > 0 { Ok(sent) } else { Err(e) };
+            }
+            if n == 0 {
+                break;
+            }
+            sent += n as usize;
+        }
+        Ok(sent)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@
 pub mod batch;
 pub mod droplog;
 pub mod ports;
+pub mod ring;
 pub mod sockopt;
 pub mod userspace;
 
@@ -36,11 +37,11 @@ pub use userspace::{Io, UserspacePlane};
 pub enum DataPlaneError {
     #[error(transparent)]
     Port(#[from] ports::PortError),
-    #[error("port {port}: {what}: {source}")]
+    #[error("port {port}: {what}: {error}")]
     Io {
         port: String,
         what: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("port {0}: pnet returned a non-Ethernet channel")]
     NotEthernet(String),

@@ -14,8 +14,9 @@ use tracing::{error, info, warn};
 
 use std::os::fd::OwnedFd;
 
-use super::batch::{Batch, Received, BATCH};
+use super::batch::{Batch, Received, Sender, BATCH};
 use super::droplog::{Admit, RateLimiter};
+use super::ring::RxRing;
 use super::{ports, sockopt, DataPlane, DataPlaneError, Gateway, Outcome};
 use crate::core::DropReason;
 use crate::metrics::DECISION_SAMPLE_EVERY;
@@ -28,19 +29,21 @@ const FRAME_BUFFER: usize = 65_600;
 /// Per-frame buffer of the batched I/O: a 9000-byte jumbo frame fits; anything larger (only
 /// possible with receive offloads left on) is reported truncated and dropped as `malformed`.
 const BATCH_FRAME: usize = 9_216 + 64;
-/// Socket receive queue of the batched I/O.
+/// Socket receive queue (both I/O variants).
 const RECEIVE_QUEUE: usize = 8 << 20;
 
 /// How the plane moves frames. Both use one AF_PACKET socket per port with
 /// `PACKET_IGNORE_OUTGOING` and the same decision path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Io {
-    /// `recvmmsg`/`sendmmsg`, up to 64 frames per system call (the default: measured several
-    /// times faster, see gateway/bench/forward.sh).
-    #[default]
+    /// `recvmmsg`/`sendmmsg`, up to 64 frames per system call; no added latency.
     Batched,
     /// pnet's datalink channel, one frame per call.
     Pnet,
+    /// A PACKET_MMAP receive ring (TPACKET_V3) and `sendmmsg`: the fastest (see
+    /// gateway/bench/forward.sh); a frame may wait up to 1 ms for its block under light load.
+    #[default]
+    Ring,
 }
 
 impl std::str::FromStr for Io {
@@ -49,7 +52,8 @@ impl std::str::FromStr for Io {
         match s {
             "batched" => Ok(Io::Batched),
             "pnet" => Ok(Io::Pnet),
-            o => Err(format!("expected `batched` or `pnet`, got `{o}`")),
+            "ring" => Ok(Io::Ring),
+            o => Err(format!("expected `batched`, `ring` or `pnet`, got `{o}`")),
         }
     }
 }
@@ -102,13 +106,14 @@ type Halves = (Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>);
 
 fn open_channel(iface: &NetworkInterface) -> Result<Halves, DataPlaneError> {
     let io_err = |what: &'static str| {
-        move |source: io::Error| DataPlaneError::Io {
+        move |error: io::Error| DataPlaneError::Io {
             port: iface.name.clone(),
             what,
-            source,
+            error,
         }
     };
     let fd = sockopt::packet_socket_ignoring_outgoing().map_err(io_err("AF_PACKET socket"))?;
+    sockopt::set_receive_buffer(&fd, RECEIVE_QUEUE).map_err(io_err("receive buffer"))?;
     let config = Config {
         read_buffer_size: FRAME_BUFFER,
         write_buffer_size: FRAME_BUFFER,
@@ -150,6 +155,18 @@ impl DataPlane for UserspacePlane {
                 ] {
                     let (gw, stop) = (gateway.clone(), self.stop.clone());
                     self.spawn(port, move || receive_loop(&gw, port, rx, tx, &stop))?;
+                }
+            }
+            Io::Ring => {
+                let (out_sock, out_ring) = open_ring(&out_if)?;
+                let (in_sock, in_ring) = open_ring(&in_if)?;
+                let (out_sock, in_sock) = (Arc::new(out_sock), Arc::new(in_sock));
+                for (port, rx, ring, tx) in [
+                    (Port::Outside, out_sock.clone(), out_ring, in_sock.clone()),
+                    (Port::Inside, in_sock, in_ring, out_sock),
+                ] {
+                    let (gw, stop) = (gateway.clone(), self.stop.clone());
+                    self.spawn(port, move || ring_loop(&gw, port, &rx, ring, &tx, &stop))?;
                 }
             }
             Io::Batched => {
@@ -217,10 +234,10 @@ impl UserspacePlane {
         let handle = std::thread::Builder::new()
             .name(format!("rx-{}", port.as_str()))
             .spawn(f)
-            .map_err(|source| DataPlaneError::Io {
+            .map_err(|error| DataPlaneError::Io {
                 port: name.clone(),
                 what: "spawn",
-                source,
+                error,
             })?;
         self.loops.push((name, handle));
         Ok(())
@@ -231,10 +248,10 @@ impl UserspacePlane {
 /// transmissions, with timeouts so the loops notice the stop flag.
 fn open_batched(iface: &NetworkInterface) -> Result<OwnedFd, DataPlaneError> {
     let io_err = |what: &'static str| {
-        move |source: io::Error| DataPlaneError::Io {
+        move |error: io::Error| DataPlaneError::Io {
             port: iface.name.clone(),
             what,
-            source,
+            error,
         }
     };
     let fd = sockopt::packet_socket_ignoring_outgoing().map_err(io_err("AF_PACKET socket"))?;
@@ -243,6 +260,120 @@ fn open_batched(iface: &NetworkInterface) -> Result<OwnedFd, DataPlaneError> {
     sockopt::set_timeouts(&fd, POLL_INTERVAL).map_err(io_err("timeouts"))?;
     sockopt::set_receive_buffer(&fd, RECEIVE_QUEUE).map_err(io_err("receive buffer"))?;
     Ok(fd)
+}
+
+/// One socket per port with a receive ring (set up before binding, so the ring sees only
+/// this port's frames).
+fn open_ring(iface: &NetworkInterface) -> Result<(OwnedFd, RxRing), DataPlaneError> {
+    let io_err = |what: &'static str| {
+        move |error: io::Error| DataPlaneError::Io {
+            port: iface.name.clone(),
+            what,
+            error,
+        }
+    };
+    let fd = sockopt::packet_socket_ignoring_outgoing().map_err(io_err("AF_PACKET socket"))?;
+    let ring = RxRing::new(&fd).map_err(io_err("receive ring"))?;
+    sockopt::bind_to_interface(&fd, iface.index).map_err(io_err("bind"))?;
+    sockopt::add_promiscuous_membership(&fd, iface.index).map_err(io_err("promiscuous"))?;
+    sockopt::set_timeouts(&fd, POLL_INTERVAL).map_err(io_err("timeouts"))?;
+    Ok((fd, ring))
+}
+
+fn ring_loop(
+    gw: &Gateway,
+    port: Port,
+    rx: &OwnedFd,
+    mut ring: RxRing,
+    tx: &OwnedFd,
+    stop: &AtomicBool,
+) -> Result<(), DataPlaneError> {
+    let mut sender = Sender::default();
+    let mut droplog = RateLimiter::default();
+    let mut sendlog = RateLimiter::default();
+    let mut n: u32 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        match ring.wait(rx, POLL_INTERVAL) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                error!(port = port.as_str(), error = %e, "receive failed; stopping this port");
+                gw.close();
+                return Err(DataPlaneError::Io {
+                    port: port.as_str().to_string(),
+                    what: "receive",
+                    error: e,
+                });
+            }
+        }
+        let now = Instant::now();
+        let block = ring.ready_block();
+        let mut forward: [&[u8]; BATCH] = [&[]; BATCH];
+        let mut k = 0;
+        while let Some(item) = block.next() {
+            n = n.wrapping_add(1);
+            let (outcome, pkt, len) = match item {
+                Err(len) => {
+                    gw.count_undecided(port, DropReason::Malformed, len);
+                    (Outcome::Drop(DropReason::Malformed), None, len)
+                }
+                Ok(frame) => {
+                    let (o, p) = gw.process(now, frame, port, n & (DECISION_SAMPLE_EVERY - 1) == 0);
+                    if o == Outcome::Forward {
+                        forward[k] = frame;
+                        k += 1;
+                    }
+                    (o, p, frame.len())
+                }
+            };
+            if let Outcome::Drop(reason) = outcome {
+                if let Admit::Log { suppressed_before } = droplog.admit(now) {
+                    log_drop(port, reason, pkt.as_ref(), len, suppressed_before);
+                }
+            }
+            if k == BATCH {
+                flush(gw, port, tx, &mut sender, &forward[..k], &mut sendlog, now);
+                k = 0;
+            }
+        }
+        flush(gw, port, tx, &mut sender, &forward[..k], &mut sendlog, now);
+        // Dropping the block hands it back to the kernel (after everything was sent).
+        drop(block);
+    }
+    Ok(())
+}
+
+fn flush(
+    gw: &Gateway,
+    port: Port,
+    tx: &OwnedFd,
+    sender: &mut Sender,
+    frames: &[&[u8]],
+    sendlog: &mut RateLimiter,
+    now: Instant,
+) {
+    // Re-check the gate: shutdown may have started while these frames were decided.
+    if frames.is_empty() || !gw.is_open() {
+        return;
+    }
+    match sender.send(tx, frames) {
+        Ok(sent) if sent == frames.len() => {}
+        Ok(sent) => {
+            if let Admit::Log { suppressed_before } = sendlog.admit(now) {
+                warn!(
+                    port = port.as_str(),
+                    lost = frames.len() - sent,
+                    suppressed_before,
+                    "transmit queue full"
+                );
+            }
+        }
+        Err(e) => {
+            if let Admit::Log { suppressed_before } = sendlog.admit(now) {
+                warn!(port = port.as_str(), lost = frames.len(), error = %e, suppressed_before, "forwarding failed");
+            }
+        }
+    }
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -274,7 +405,7 @@ fn batched_loop(
             return Err(DataPlaneError::Io {
                 port: port.as_str().to_string(),
                 what: "receive",
-                source: e,
+                error: e,
             });
         }
         // One clock read per batch: timeouts are seconds, a batch is microseconds.
@@ -360,7 +491,7 @@ fn receive_loop(
                 return Err(DataPlaneError::Io {
                     port: port.as_str().to_string(),
                     what: "receive",
-                    source: e,
+                    error: e,
                 });
             }
         };

@@ -3,8 +3,7 @@
 //! mislabelled, unsupported or over-limit files are refused with the reason.
 
 use crate::config::Limits;
-use image::{ImageFormat, ImageReader};
-use std::io::{BufReader, Read};
+use image::{ImageDecoder, ImageFormat, ImageReader};
 use std::path::Path;
 
 /// Formats the review accepts (content-sniffed, never by file name alone).
@@ -16,8 +15,172 @@ pub const SUPPORTED: &[ImageFormat] = &[
     ImageFormat::Tiff,
 ];
 
-fn format_name(f: ImageFormat) -> String {
+pub(crate) fn format_name(f: ImageFormat) -> String {
     format!("{f:?}").to_ascii_lowercase()
+}
+
+/// Why 92 said no: a type the review does not take (`unsupported:<type>`), or a file that is
+/// not a whole, in-limits image of its type (`corrupt:<detail>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    Unsupported(String),
+    Corrupt(String),
+}
+
+impl Failure {
+    pub fn refusal(self) -> stockade_proto::reason::Refusal {
+        match self {
+            Failure::Unsupported(t) => stockade_proto::reason::Refusal::Unsupported(t),
+            Failure::Corrupt(d) => stockade_proto::reason::Refusal::Corrupt(d),
+        }
+    }
+}
+
+/// A fully decoded image and what its container said about colour and orientation.
+pub struct Decoded {
+    pub format: ImageFormat,
+    pub image: image::DynamicImage,
+    pub icc: Option<Vec<u8>>,
+    pub orientation: image::metadata::Orientation,
+}
+
+impl Decoded {
+    /// "png 640x480", as the review records it.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {}x{}",
+            format_name(self.format),
+            self.image.width(),
+            self.image.height()
+        )
+    }
+}
+
+/// What the first bytes say the content is: one of the supported formats, or a refusal.
+/// Content sniffing only; the file name plays no part here.
+pub fn sniff(bytes: &[u8]) -> Result<ImageFormat, Failure> {
+    if bytes.is_empty() {
+        return Err(Failure::Corrupt("not an image: the file is empty".into()));
+    }
+    if let Ok(f) = image::guess_format(bytes) {
+        return if SUPPORTED.contains(&f) {
+            Ok(f)
+        } else {
+            Err(Failure::Unsupported(format_name(f)))
+        };
+    }
+    match other_type(bytes) {
+        Some(t) => Err(Failure::Unsupported(t.into())),
+        None => Err(Failure::Corrupt(
+            "not an image: content matches no known image format".into(),
+        )),
+    }
+}
+
+/// Recognisable non-supported content, so the refusal can say what it was.
+fn other_type(b: &[u8]) -> Option<&'static str> {
+    let head = &b[..b.len().min(4096)];
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let trimmed = text.trim_start_matches('\u{feff}').trim_start();
+    let has = |m: &[u8]| b.starts_with(m);
+    if (trimmed.starts_with("<svg") || trimmed.starts_with("<?xml") || trimmed.starts_with("<!--"))
+        && trimmed.contains("<svg")
+    {
+        Some("svg")
+    } else if trimmed.starts_with("<!doctype html") || trimmed.starts_with("<html") {
+        Some("html")
+    } else if has(b"%PDF-") {
+        Some("pdf")
+    } else if has(b"PK\x03\x04") {
+        Some("zip")
+    } else if has(b"\x1f\x8b") {
+        Some("gzip")
+    } else if has(b"8BPS") {
+        Some("psd")
+    } else if has(b"\xff\x0a") || has(b"\x00\x00\x00\x0cJXL \r\n\x87\x0a") {
+        Some("jpeg-xl")
+    } else if has(b"\x00\x00\x00\x0cjP  \r\n\x87\x0a") {
+        Some("jpeg2000")
+    } else if b.len() >= 12 && &b[4..8] == b"ftyp" {
+        match &b[8..12] {
+            b"avif" | b"avis" => Some("avif"),
+            b"heic" | b"heix" | b"mif1" | b"msf1" | b"hevc" => Some("heif"),
+            _ => Some("iso-media"),
+        }
+    } else if has(b"\x7fELF") {
+        Some("elf-executable")
+    } else if has(b"MZ") {
+        Some("windows-executable")
+    } else {
+        None
+    }
+}
+
+/// 92: sniffs `bytes`, checks the name does not claim another image type, and decodes them
+/// fully within `limits` (dimensions, pixels, decoded bytes, decoder allocations).
+pub fn decode(bytes: &[u8], file_name: &str, limits: &Limits) -> Result<Decoded, Failure> {
+    let corrupt = Failure::Corrupt;
+    if bytes.len() as u64 > limits.max_upload_bytes {
+        return Err(corrupt(format!(
+            "limits: {} bytes exceeds {}",
+            bytes.len(),
+            limits.max_upload_bytes
+        )));
+    }
+    let detected = sniff(bytes)?;
+    if let Ok(named) = ImageFormat::from_path(file_name) {
+        if named != detected && SUPPORTED.contains(&named) {
+            return Err(corrupt(format!(
+                "mislabelled: the name says {} but the content is {}",
+                format_name(named),
+                format_name(detected)
+            )));
+        }
+    }
+    decode_as(bytes, detected, limits)
+}
+
+/// Decodes `bytes` as `format` within `limits`.
+pub fn decode_as(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<Decoded, Failure> {
+    let corrupt = |d: String| Failure::Corrupt(d);
+    let mut il = image::Limits::default();
+    il.max_image_width = Some(limits.max_width);
+    il.max_image_height = Some(limits.max_height);
+    il.max_alloc = Some(limits.max_decoded_bytes);
+    let mut r = ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    r.limits(il);
+    let mut dec = r.into_decoder().map_err(|e| corrupt(describe(e)))?;
+    let (w, h) = dec.dimensions();
+    if w == 0 || h == 0 {
+        return Err(corrupt(format!("does not decode: empty image {w}x{h}")));
+    }
+    if u64::from(w) * u64::from(h) > limits.max_pixels {
+        return Err(corrupt(format!(
+            "limits: {w}x{h} is over {} pixels",
+            limits.max_pixels
+        )));
+    }
+    if dec.total_bytes() > limits.max_decoded_bytes {
+        return Err(corrupt(format!(
+            "limits: {w}x{h} decodes to {} bytes, over {}",
+            dec.total_bytes(),
+            limits.max_decoded_bytes
+        )));
+    }
+    let icc = dec.icc_profile().map_err(|e| corrupt(describe(e)))?;
+    let orientation = dec
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let image = image::DynamicImage::from_decoder(dec).map_err(|e| corrupt(describe(e)))?;
+    if (image.width(), image.height()) != (w, h) {
+        return Err(corrupt("decoded size differs from the header".into()));
+    }
+    Ok(Decoded {
+        format,
+        image,
+        icc,
+        orientation,
+    })
 }
 
 /// Decodes the file; Ok is a short description ("png 640x480"), Err the `corrupt:` detail.
@@ -31,49 +194,15 @@ pub fn check(path: &Path, file_name: &str, limits: &Limits) -> Result<String, St
             limits.max_upload_bytes
         ));
     }
-    let mut head = [0u8; 64];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| format!("unreadable: {e}"))?;
-    let detected = image::guess_format(&head[..n])
-        .map_err(|_| "not an image: content matches no known image format".to_string())?;
-    if !SUPPORTED.contains(&detected) {
-        return Err(format!("unsupported format {}", format_name(detected)));
+    let bytes = std::fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
+    match decode(&bytes, file_name, limits) {
+        Ok(d) => Ok(d.describe()),
+        Err(Failure::Corrupt(d)) => Err(d),
+        Err(Failure::Unsupported(t)) => Err(format!("unsupported format {t}")),
     }
-    if let Ok(named) = ImageFormat::from_path(file_name) {
-        if named != detected {
-            return Err(format!(
-                "mislabelled: the name says {} but the content is {}",
-                format_name(named),
-                format_name(detected)
-            ));
-        }
-    }
-    let mut il = image::Limits::default();
-    il.max_image_width = Some(limits.max_width);
-    il.max_image_height = Some(limits.max_height);
-    il.max_alloc = Some(limits.max_decoded_bytes);
-    let reader = || -> Result<ImageReader<BufReader<std::fs::File>>, String> {
-        let f = std::fs::File::open(path).map_err(|e| format!("unreadable: {e}"))?;
-        let mut r = ImageReader::with_format(BufReader::new(f), detected);
-        r.limits(il.clone());
-        Ok(r)
-    };
-    let (w, h) = reader()?.into_dimensions().map_err(describe)?;
-    if u64::from(w) * u64::from(h) > limits.max_pixels {
-        return Err(format!(
-            "limits: {w}x{h} is over {} pixels",
-            limits.max_pixels
-        ));
-    }
-    let img = reader()?.decode().map_err(describe)?;
-    if (img.width(), img.height()) != (w, h) {
-        return Err("decoded size differs from the header".into());
-    }
-    Ok(format!("{} {w}x{h}", format_name(detected)))
 }
 
-fn describe(e: image::ImageError) -> String {
+pub(crate) fn describe(e: image::ImageError) -> String {
     match e {
         image::ImageError::Limits(l) => format!("limits: {l}"),
         image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {

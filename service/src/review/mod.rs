@@ -4,6 +4,7 @@
 //! upload is erased (76) and the client is told which check failed and why (77).
 //! A check that cannot run is a "no": nothing is stored that was not fully reviewed.
 
+pub mod disarm;
 pub mod integrity;
 pub mod virus;
 
@@ -15,8 +16,12 @@ use std::time::{Duration, Instant};
 use stockade_proto::identity::ClientPublicKey;
 use stockade_proto::reason::Refusal;
 
-/// Runs 91 and 92 on a new upload, then 93 (operator or policy).
+/// Runs 91 on the upload as received, 92 with the content disarm, 91 again on the disarmed
+/// bytes, then 93 (operator or policy). The disarmed copy then replaces the upload in
+/// quarantine: it is what the operator previews and what goes to the stock server (78).
 pub async fn run_checks(svc: Arc<Service>, id: String) {
+    // The review slot bounds concurrent decodes: it is held until the decoder has really
+    // stopped, also when its deadline has passed.
     let _permit = svc
         .review_slots
         .acquire()
@@ -30,51 +35,22 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
     }
     let started = Instant::now();
     let path = svc.quarantine_path(&id);
-    // 91: virus check.
-    let addr = virus::ClamdAddr::parse(&svc.config.clamd.address);
-    match virus::scan_file(&addr, &path, svc.config.clamd.timeout_secs).await {
-        Ok(virus::Scan::Clean) => {
-            svc.metrics.clamd_up.set(1);
-            svc.metrics
-                .review_decisions
-                .with_label_values(&["virus", "pass"])
-                .inc();
-            rec.checks.push(("virus".into(), "clean".into()));
-        }
-        Ok(virus::Scan::Found(sig)) => {
-            svc.metrics.clamd_up.set(1);
-            return refuse(&svc, rec, "virus", Refusal::Virus(sig)).await;
-        }
-        Err(e) => {
-            if matches!(
-                e,
-                virus::ScanError::Unreachable(_) | virus::ScanError::Timeout(_)
-            ) {
-                svc.metrics.clamd_up.set(0);
-            }
-            return refuse(&svc, rec, "virus", Refusal::ScanUnavailable(e.to_string())).await;
-        }
+    // 91: virus check on the upload as received.
+    if let Err(r) = scan(&svc, &path, "virus", "").await {
+        return refuse(&svc, rec, "virus", r).await;
     }
-    // 92: integrity check, off the async threads and under a deadline.
+    rec.checks.push(("virus".into(), "clean".into()));
+    // 92 and the disarm, off the async threads and under a deadline.
     let limits = svc.config.limits.clone();
-    let (p2, name) = (path.clone(), rec.file_name.clone());
     let deadline = Duration::from_secs(limits.decode_timeout_secs);
-    let res = tokio::time::timeout(
-        deadline,
-        tokio::task::spawn_blocking(move || integrity::check(&p2, &name, &limits)),
-    )
-    .await;
-    match res {
-        Ok(Ok(Ok(detail))) => {
-            svc.metrics
-                .review_decisions
-                .with_label_values(&["integrity", "pass"])
-                .inc();
-            rec.checks.push(("integrity".into(), detail));
-        }
-        Ok(Ok(Err(detail))) => {
-            return refuse(&svc, rec, "integrity", Refusal::Corrupt(detail)).await
-        }
+    let (src, name) = (path.clone(), rec.file_name.clone());
+    let (part, preview) = (svc.disarm_part_path(&id), svc.preview_path(&id));
+    let mut task = tokio::task::spawn_blocking(move || {
+        disarm_to_files(&src, &name, &limits, deadline, &part, &preview)
+    });
+    let outcome = match tokio::time::timeout(deadline, &mut task).await {
+        Ok(Ok(Ok(o))) => o,
+        Ok(Ok(Err(f))) => return refuse(&svc, rec, "integrity", f.refusal()).await,
         Ok(Err(e)) => {
             return refuse(
                 &svc,
@@ -85,7 +61,7 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
             .await
         }
         Err(_) => {
-            return refuse(
+            refuse(
                 &svc,
                 rec,
                 "integrity",
@@ -94,9 +70,47 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
                     deadline.as_secs()
                 )),
             )
-            .await
+            .await;
+            // Keep the slot until the decoder thread ends, then sweep what it wrote.
+            let _ = task.await;
+            svc.erase_quarantined(&id);
+            return;
         }
+    };
+    svc.metrics
+        .review_decisions
+        .with_label_values(&["integrity", "pass"])
+        .inc();
+    rec.checks.push(("integrity".into(), outcome.integrity));
+    rec.checks.push(("disarm".into(), outcome.summary));
+    // 91 again, on the exact bytes that will be stored.
+    let part = svc.disarm_part_path(&id);
+    if let Err(r) = scan(
+        &svc,
+        &part,
+        "virus_stored",
+        " (in the disarmed image to be stored)",
+    )
+    .await
+    {
+        return refuse(&svc, rec, "virus", r).await;
     }
+    rec.checks
+        .push(("virus (stored bytes)".into(), "clean".into()));
+    // The disarmed copy replaces the upload; from here on only it exists.
+    if let Err(e) = std::fs::rename(&part, &path)
+        .and_then(|()| stockade_proto::fsutil::sync_dir(&svc.quarantine_dir()))
+    {
+        tracing::error!(upload = %id, error = %e, "replacing the upload with its disarmed copy");
+        return refuse(
+            &svc,
+            rec,
+            "integrity",
+            Refusal::ScanUnavailable(format!("storing the disarmed copy failed: {e}")),
+        )
+        .await;
+    }
+    rec.disarmed = Some(outcome.record);
     svc.metrics
         .review_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -115,6 +129,117 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
     }
 }
 
+/// What the blocking disarm step hands back (the bytes are already on disk).
+struct DisarmDone {
+    integrity: String,
+    summary: String,
+    record: crate::db::Disarmed,
+}
+
+/// 92 + disarm: reads the upload, writes the disarmed copy to `part` and the operator's
+/// preview to `preview`, both fsynced.
+fn disarm_to_files(
+    src: &std::path::Path,
+    name: &str,
+    limits: &crate::config::Limits,
+    deadline: Duration,
+    part: &std::path::Path,
+    preview: &std::path::Path,
+) -> Result<DisarmDone, integrity::Failure> {
+    let started = Instant::now();
+    let input =
+        std::fs::read(src).map_err(|e| integrity::Failure::Corrupt(format!("unreadable: {e}")))?;
+    let mut o = disarm::disarm(&input, name, limits, started + deadline)?;
+    drop(input);
+    let bytes = std::mem::take(&mut o.bytes);
+    let write = |p: &std::path::Path, b: &[u8]| -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(p)?;
+        f.write_all(b)?;
+        f.sync_all()
+    };
+    let io =
+        |e: std::io::Error| integrity::Failure::Corrupt(format!("writing the disarmed copy: {e}"));
+    write(part, &bytes).map_err(io)?;
+    write(preview, &o.preview_png).map_err(io)?;
+    use sha2::Digest;
+    Ok(DisarmDone {
+        integrity: o.integrity(),
+        summary: o.summary(),
+        record: crate::db::Disarmed {
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            size: bytes.len() as u64,
+            changed: o.changed,
+            format: integrity::format_name(o.format),
+            width: o.width,
+            height: o.height,
+        },
+    })
+}
+
+/// 91: one clamd scan of `path`, timed; `label` is the metrics check label.
+async fn scan(
+    svc: &Service,
+    path: &std::path::Path,
+    label: &str,
+    which: &str,
+) -> Result<(), Refusal> {
+    let addr = virus::ClamdAddr::parse(&svc.config.clamd.address);
+    let t = Instant::now();
+    let r = virus::scan_file(&addr, path, svc.config.clamd.timeout_secs).await;
+    svc.metrics.scan_seconds.observe(t.elapsed().as_secs_f64());
+    match r {
+        Ok(virus::Scan::Clean) => {
+            svc.metrics.clamd_up.set(1);
+            svc.metrics
+                .review_decisions
+                .with_label_values(&[label, "pass"])
+                .inc();
+            Ok(())
+        }
+        Ok(virus::Scan::Found(sig)) => {
+            svc.metrics.clamd_up.set(1);
+            Err(Refusal::Virus(format!("{sig}{which}")))
+        }
+        Err(e) => {
+            if matches!(
+                e,
+                virus::ScanError::Unreachable(_) | virus::ScanError::Timeout(_)
+            ) {
+                svc.metrics.clamd_up.set(0);
+            }
+            Err(Refusal::ScanUnavailable(e.to_string()))
+        }
+    }
+}
+
+/// The audit trail's view of an upload.
+fn audit_event(rec: &UploadRecord, event: &'static str) -> crate::audit::Event {
+    crate::audit::Event {
+        event,
+        upload: Some(rec.id.clone()),
+        digest: Some(rec.sha256.clone()),
+        stored_digest: rec.disarmed.as_ref().map(|d| d.sha256.clone()),
+        account: rec.client_id.clone(),
+        file_name: Some(rec.file_name.clone()),
+        checks: rec.checks.clone(),
+        operator: rec.operator.clone(),
+        reason: None,
+    }
+}
+
+fn observe_quarantine_time(svc: &Service, rec: &UploadRecord) {
+    svc.metrics
+        .quarantine_seconds
+        .observe(crate::now_secs().saturating_sub(rec.created_at) as f64);
+}
+
 /// 95 → 76, 77: erase the upload and record why.
 pub async fn refuse(svc: &Service, mut rec: UploadRecord, check: &str, refusal: Refusal) {
     svc.metrics
@@ -126,6 +251,11 @@ pub async fn refuse(svc: &Service, mut rec: UploadRecord, check: &str, refusal: 
         .with_label_values(&[refusal.code()])
         .inc();
     tracing::info!(upload = %rec.id, %check, code = refusal.code(), "upload refused (95, 76, 77)");
+    observe_quarantine_time(svc, &rec);
+    let mut ev = audit_event(&rec, "refused");
+    ev.checks.push((check.to_string(), refusal.to_string()));
+    ev.reason = Some(refusal.to_string());
+    svc.audit.record(ev);
     rec.stage = Stage::Refused { refusal };
     // Record the outcome first, then erase: a crash in between leaves a refused record whose
     // file the startup sweep removes, never a file without a decision.
@@ -155,6 +285,8 @@ pub async fn approve(svc: Arc<Service>, id: String, operator: String) {
         tracing::error!(error = %e, "recording approval");
         return;
     }
+    observe_quarantine_time(&svc, &rec);
+    svc.audit.record(audit_event(&rec, "approved"));
     tokio::spawn(deliver(svc, id));
 }
 
@@ -248,6 +380,20 @@ async fn deliver_once(svc: &Service, id: &str) -> Result<(), DeliverError> {
         .stock
         .store(&stock, &db_key, &rec.file_name, &path)
         .await?;
+    // Claims 6, 14: the reduced image, made from exactly the bytes just stored. A failure to
+    // keep it is retried with the delivery; an image that will not decode (it passed 92, so
+    // this is not expected) is stored without one, loudly.
+    match crate::reduced_image::make_for_upload(svc, &rec, &stock, &db_key, &path).await {
+        Ok(_) => {}
+        Err(crate::reduced_image::ReducedError::Decode(e)) => {
+            tracing::error!(upload = %id, error = %e, "no reduced image: the stored image does not decode");
+        }
+        Err(e) => {
+            return Err(DeliverError::Retry(format!(
+                "keeping the reduced image: {e}"
+            )))
+        }
+    }
     let (pw_wrapped, key_wrapped) = if first {
         // 79, 80: issue the server password; 81: wrap it to the client's registered key.
         let owner_pem = svc
@@ -278,6 +424,9 @@ async fn deliver_once(svc: &Service, id: &str) -> Result<(), DeliverError> {
         account_key_wrapped: key_wrapped,
     };
     svc.db.put_upload(&rec).map_err(db_err)?;
+    let mut ev = audit_event(&rec, "stored");
+    ev.reason = Some(format!("delivered to {stock} (78)"));
+    svc.audit.record(ev);
     // 78: the quarantined copy is erased after delivery.
     svc.erase_quarantined(id);
     svc.metrics.uploads.with_label_values(&["stored"]).inc();

@@ -1,0 +1,240 @@
+//! The Vagrant VMs cannot boot here (no virtualization, no box download); this checks what can
+//! be checked without them: the files `stockade-lab vagrant-files` renders (from the same
+//! templates as the lab), the units (`systemd-analyze verify`), the Prometheus config
+//! (`promtool check config`), the stock VMs' guard (`nft -c`), the provisioning script
+//! (`bash -n`, `shellcheck`), and the Vagrantfile itself, loaded by Ruby with a recording
+//! stand-in for Vagrant: no stock VM has a network other than the inside one.
+//!
+//! Tools that are not installed are reported and their check is skipped; `bash -n` and the
+//! topology checks always run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const LAB: &str = env!("CARGO_BIN_EXE_stockade-lab");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn check(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Renders the VMs' files into a temporary copy of vagrant/ (as `generated/`).
+fn render() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let vagrant = dir.path().join("vagrant");
+    std::fs::create_dir_all(&vagrant).unwrap();
+    for f in ["Vagrantfile", "provision.sh", "check-vagrantfile.rb"] {
+        std::fs::copy(repo().join("vagrant").join(f), vagrant.join(f)).unwrap();
+    }
+    let out = Command::new(LAB)
+        .arg("vagrant-files")
+        .arg(vagrant.join("generated"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "vagrant-files: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir, vagrant)
+}
+
+#[test]
+fn rendered_vm_files_are_consistent() {
+    let (_dir, vagrant) = render();
+    let g = vagrant.join("generated");
+    let topo: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(g.join("topology.json")).unwrap()).unwrap();
+    let vms = topo["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 8);
+    for vm in vms {
+        let name = vm["name"].as_str().unwrap();
+        let nets: Vec<&str> = vm["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["network"].as_str().unwrap())
+            .collect();
+        match vm["role"].as_str().unwrap() {
+            "stock" => {
+                assert_eq!(nets, ["stockade-inside"], "{name}");
+                let units = std::fs::read_to_string(g.join(name).join("units")).unwrap();
+                assert!(units.contains("stockade-guard.service"), "{name}: {units}");
+                assert!(g.join(name).join("root/etc/stockade/guard.nft").exists());
+                // The stock VM holds no key but its own.
+                assert!(!g
+                    .join(name)
+                    .join("root/etc/stockade/pki/service-client.key")
+                    .exists());
+            }
+            "gateway" => {
+                for nic in vm["nics"].as_array().unwrap() {
+                    if nic["network"] != "stockade-mgmt" {
+                        assert_eq!(nic["port"], true);
+                        assert!(nic["address"].is_null(), "{nic}");
+                    }
+                }
+            }
+            _ => assert!(!nets.contains(&"stockade-inside"), "{name}: {nets:?}"),
+        }
+    }
+    // Every host has forwarding off.
+    for vm in vms {
+        let name = vm["name"].as_str().unwrap();
+        let sysctl =
+            std::fs::read_to_string(g.join(name).join("root/etc/sysctl.d/90-stockade.conf"))
+                .unwrap();
+        assert!(sysctl.contains("net.ipv4.ip_forward=0"), "{name}");
+    }
+    let gw = std::fs::read_to_string(g.join("gateway/root/etc/sysctl.d/90-stockade.conf")).unwrap();
+    assert!(gw.contains("net.ipv6.conf.outside.disable_ipv6=1"));
+    assert!(gw.contains("net.ipv6.conf.inside.disable_ipv6=1"));
+    // The same templates as the lab: the service config names both stock servers.
+    let svc = std::fs::read_to_string(g.join("service1/root/etc/stockade/service.yaml")).unwrap();
+    assert!(
+        svc.contains("https://198.51.100.50:7443") && svc.contains("https://198.51.100.51:7443")
+    );
+    assert!(svc.contains("metrics_listen: 192.0.2.3:9101"));
+
+    // Units: syntax and commands (with the binaries where this build has them).
+    if have("systemd-analyze") {
+        let units = tempfile::tempdir().unwrap();
+        let bin = Path::new(LAB).parent().unwrap();
+        let mut paths = vec![];
+        for vm in vms {
+            let dir = g
+                .join(vm["name"].as_str().unwrap())
+                .join("root/etc/systemd/system");
+            for e in std::fs::read_dir(&dir).into_iter().flatten() {
+                let p = e.unwrap().path();
+                let text = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .replace("/usr/local/bin", &bin.display().to_string());
+                let dst = units.path().join(p.file_name().unwrap());
+                std::fs::write(&dst, text).unwrap();
+                paths.push(dst);
+            }
+        }
+        paths.sort();
+        paths.dedup();
+        assert!(paths.len() >= 5, "{paths:?}");
+        check(
+            Command::new("systemd-analyze").arg("verify").args(&paths),
+            "systemd-analyze verify",
+        );
+    } else {
+        eprintln!("systemd-analyze not installed: units not verified");
+    }
+
+    // Prometheus' config, with the PKI paths pointed at the rendered files.
+    if have("promtool") {
+        let monitor = g.join("monitor/root");
+        let text = std::fs::read_to_string(monitor.join("etc/prometheus/prometheus.yml"))
+            .unwrap()
+            .replace(
+                "/etc/stockade/pki",
+                &monitor.join("etc/stockade/pki").display().to_string(),
+            );
+        let cfg = monitor.join("check-prometheus.yml");
+        std::fs::write(&cfg, text).unwrap();
+        check(
+            Command::new("promtool").args(["check", "config"]).arg(&cfg),
+            "promtool check config",
+        );
+    } else {
+        eprintln!("promtool not installed: prometheus.yml not checked");
+    }
+
+    // The stock guard parses (check only: nothing is loaded).
+    if have("nft") && nix::unistd::geteuid().is_root() {
+        let guard = std::fs::read_to_string(g.join("stock1/root/etc/stockade/guard.nft"))
+            .unwrap()
+            .replace("VAGRANT_HOST_IP", "203.0.113.99");
+        let f = g.join("guard-check.nft");
+        std::fs::write(&f, guard).unwrap();
+        check(Command::new("nft").arg("-c").arg("-f").arg(&f), "nft -c");
+    } else {
+        eprintln!("nft not installed or not root: guard not checked");
+    }
+}
+
+#[test]
+fn provisioning_script_is_sound() {
+    let script = repo().join("vagrant/provision.sh");
+    check(Command::new("bash").arg("-n").arg(&script), "bash -n");
+    if have("shellcheck") {
+        check(Command::new("shellcheck").arg(&script), "shellcheck");
+    } else {
+        eprintln!("shellcheck not installed (apt-get install shellcheck): skipped");
+    }
+}
+
+#[test]
+fn vagrantfile_gives_stock_vms_no_path_around_the_gateway() {
+    if !have("ruby") {
+        eprintln!("ruby not installed (apt-get install ruby): Vagrantfile not loaded");
+        return;
+    }
+    let (_dir, vagrant) = render();
+    check(
+        Command::new("ruby")
+            .arg("-c")
+            .arg(vagrant.join("Vagrantfile")),
+        "ruby -c",
+    );
+    let out = Command::new("ruby")
+        .arg(vagrant.join("check-vagrantfile.rb"))
+        .arg(vagrant.join("Vagrantfile"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vms = vms.as_object().unwrap();
+    assert_eq!(vms.len(), 8, "{vms:?}");
+    for (name, vm) in vms {
+        let nets: Vec<&str> = vm["networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["libvirt__network_name"].as_str().unwrap())
+            .collect();
+        if name.starts_with("stock") {
+            assert_eq!(nets, ["stockade-inside"], "{name}");
+        } else if name != "gateway" {
+            assert!(!nets.contains(&"stockade-inside"), "{name}: {nets:?}");
+        }
+        for n in vm["networks"].as_array().unwrap() {
+            // Addresses come from the rendered networkd files; data networks have no host side.
+            assert_eq!(n["auto_config"], "false", "{name}: {n}");
+            if n["libvirt__network_name"] != "stockade-mgmt" {
+                assert_eq!(n["libvirt__forward_mode"], "veryisolated", "{name}: {n}");
+            }
+        }
+        let prov = vm["provision"].as_array().unwrap();
+        assert_eq!(prov.len(), 1, "{name}");
+        assert_eq!(prov[0]["path"], "provision.sh");
+    }
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Provisions one Stockade VM from the files `stockade-lab vagrant-files` rendered (the lab's
+# templates and the same code path as `stockade-lab up`), synced to /stockade.
+#   provision.sh HOST ROLE      (ROLE: client, service, monitor, stock, gateway)
+set -euo pipefail
+
+host=${1:?host}
+role=${2:?role}
+src=${STOCKADE_SRC:-/stockade}
+[ -d "$src/$host/root" ] || { echo "provision: $src/$host/root is missing (run stockade-lab vagrant-files)" >&2; exit 1; }
+
+export DEBIAN_FRONTEND=noninteractive
+packages=(iproute2 ethtool nftables procps)
+case "$role" in
+  service) packages+=(clamav-daemon) ;;
+  monitor) packages+=(prometheus) ;;
+esac
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${packages[@]}"
+
+# Binaries (the same build the lab runs), then every rendered file at its place.
+install -m 0755 "$src"/bin/stockade* /usr/local/bin/
+cp -a "$src/$host/root/." /
+mkdir -p /var/lib/stockade/data /var/log/stockade /run/stockade
+chmod 0700 /var/lib/stockade/data
+if [ -d /etc/stockade/pki ]; then
+  chmod 0755 /etc/stockade/pki
+  find /etc/stockade/pki -name '*.key' -exec chmod 0600 {} +
+fi
+
+# Interfaces: rename each NIC by its MAC now (the .link files keep the names across boots),
+# then systemd-networkd gives them their addresses (none on the gateway's ports).
+while read -r mac name; do
+  [ -n "$mac" ] || continue
+  dev=$(ip -o link show | awk -v m="$mac" 'tolower($0) ~ "link/ether " m { sub(":$", "", $2); sub("@.*", "", $2); print $2; exit }')
+  if [ -z "$dev" ]; then
+    echo "provision: no NIC with MAC $mac for $name" >&2
+    exit 1
+  fi
+  if [ "$dev" != "$name" ]; then
+    ip link set dev "$dev" down
+    ip link set dev "$dev" name "$name"
+  fi
+  ip link set dev "$name" up
+done < "$src/$host/nics"
+sysctl -q --system
+systemctl enable systemd-networkd
+systemctl restart systemd-networkd
+
+case "$role" in
+  service)
+    # Our clamd runs with the lab's config and signature database; Debian's own instance and
+    # its updater are not used (freshclam needs the internet; add the official databases to
+    # /var/lib/stockade/clamav-db on a connected host).
+    systemctl disable --now clamav-daemon.service clamav-freshclam.service 2>/dev/null || true
+    ;;
+  stock)
+    # The guard: on Vagrant's own NIC only SSH from the host passes (see guard.nft).
+    vagrant_host=$(ip -4 route show default | awk '{ print $3; exit }')
+    if [ -z "$vagrant_host" ]; then
+      echo "provision: cannot find the Vagrant host's address" >&2
+      exit 1
+    fi
+    sed -i "s/VAGRANT_HOST_IP/$vagrant_host/" /etc/stockade/guard.nft
+    nft -c -f /etc/stockade/guard.nft
+    ;;
+  monitor)
+    chgrp prometheus /etc/stockade/pki/monitor-client.key
+    chmod 0640 /etc/stockade/pki/monitor-client.key
+    ;;
+esac
+
+systemctl daemon-reload
+while read -r unit; do
+  [ -n "$unit" ] || continue
+  systemctl enable "$unit"
+  systemctl restart "$unit"
+done < "$src/$host/units"
+echo "provision: $host ($role) is ready"
