@@ -7,7 +7,7 @@
 #   tx (198.51.100.101) ── a ┤ mid: bridge br0 | stockade-gateway ├ b ── rx (198.51.100.50)
 # * Baseline: br0 over a and b with bridge-nf-call-ip{,6}tables=0 (set in mid and reported)
 #   and no ruleset.
-# * Gateway: the release binary bridging a (outside) and b (inside) under a rules file that
+# * Gateway: the release binary (each --io: batched, ring, pnet) bridging a (outside) and b (inside) under a rules file that
 #   admits the flow (UDP 198.51.100.101 -> 198.51.100.50:9).
 # * One 64-byte UDP flow from trafgen (netsniff-ng) pinned to CPU 0; the receiver drops it at
 #   prerouting (nftables; tc ingress drop if nft is missing) so no ICMP errors come back.
@@ -17,6 +17,7 @@ set -euo pipefail
 
 RUNS=${1:-5}
 SECS=${2:-8}
+TCP_RUNS=${TCP_RUNS:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${STOCKADE_GATEWAY_BIN:-$ROOT/target/release/stockade-gateway}
@@ -29,6 +30,8 @@ MAC_RX=02:00:c6:33:64:32
 
 cleanup() {
     [ -n "$GW_PID" ] && kill "$GW_PID" 2>/dev/null && wait "$GW_PID" 2>/dev/null || true
+    # Processes this script started inside its namespaces (the iperf3 server), by pid.
+    for n in tx mid rx; do ip netns pids "${P}$n" 2>/dev/null | xargs -r kill 2>/dev/null || true; done
     for n in tx mid rx; do ip netns del "${P}$n" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
@@ -94,6 +97,14 @@ rules:
     dst_ports: [9]
     action: accept
     comment: benchmark flow only (the real policy never admits a client inbound)
+  - name: bench_tcp
+    direction: inbound
+    protocol: tcp
+    src: [client]
+    dst: [stock]
+    dst_ports: [5201]
+    action: accept
+    comment: iperf3 benchmark only
 YAML
 }
 
@@ -112,6 +123,20 @@ one_run() {
     echo $(( (r1 - r0) / SECS ))
 }
 
+# TCP throughput: iperf3 for SECS s, the receiver's figure in Mbit/s.
+tcp_run() {
+    ip netns exec "${P}tx" iperf3 -c 198.51.100.50 -t "$SECS" -f m 2>/dev/null |
+        awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") print int($(i - 1)) }'
+}
+
+measure_tcp() {
+    local label=$1 out=()
+    for i in $(seq "$TCP_RUNS"); do out+=("$(tcp_run)"); done
+    local med; med=$(printf '%s\n' "${out[@]}" | median)
+    echo "$label TCP: runs ${out[*]} Mbit/s; median $med Mbit/s" >&2
+    echo "$med"
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2))}'; }
 
 measure() {
@@ -123,6 +148,8 @@ measure() {
 }
 
 setup
+ip netns exec "${P}rx" iperf3 -s -D >/dev/null 2>&1
+sleep 0.5
 
 # Baseline: plain kernel bridge.
 ip -n "${P}mid" link add name br0 type bridge
@@ -134,10 +161,11 @@ ip -n "${P}mid" link set dev b master br0
 ip -n "${P}mid" link set br0 up
 sleep 1
 BRIDGE=$(measure "kernel bridge")
+BRIDGE_TCP=$(measure_tcp "kernel bridge")
 ip -n "${P}mid" link del dev br0
 
 # The userspace plane, with each frame I/O.
-declare -A GW
+declare -A GW GWTCP
 for IO in batched ring pnet; do
     rm -f "$WORK/ctl.sock"
     ip netns exec "${P}mid" "$BIN" run --rules "$WORK/rules.yaml" --outside a --inside b --io $IO \
@@ -146,6 +174,7 @@ for IO in batched ring pnet; do
     for _ in $(seq 50); do [ -S "$WORK/ctl.sock" ] && break; sleep 0.1; done
     sleep 1
     GW[$IO]=$(measure "stockade-gateway userspace ($IO)")
+    GWTCP[$IO]=$(measure_tcp "stockade-gateway userspace ($IO)")
     METRICS=$(ip netns exec "${P}mid" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9108; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' |
         grep -E '^stockade_gateway_(drops_total\{reason="(no_rule|checksum|invalid_state|malformed)"|decision_seconds_(sum|count))' || true)
     echo "$IO: $(echo "$METRICS" | tr '\n' ' ')" >&2
@@ -159,4 +188,9 @@ echo "kernel bridge:                       $BRIDGE pps"
 for IO in batched ring pnet; do
     awk -v io="$IO" -v g="${GW[$IO]}" -v b="$BRIDGE" \
         'BEGIN { printf "stockade-gateway (%-7s):          %d pps = %.2fx of the bridge\n", io, g, (b > 0 ? g / b : 0) }'
+done
+echo "TCP (iperf3, ${SECS} s, median of ${TCP_RUNS}): kernel bridge ${BRIDGE_TCP} Mbit/s"
+for IO in batched ring pnet; do
+    awk -v io="$IO" -v g="${GWTCP[$IO]}" -v b="$BRIDGE_TCP" \
+        'BEGIN { printf "TCP stockade-gateway (%-7s):      %d Mbit/s = %.2fx of the bridge\n", io, g, (b > 0 ? g / b : 0) }'
 done

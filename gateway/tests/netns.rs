@@ -857,6 +857,31 @@ fn firewall45_end_to_end(io: &'static str) {
     }
 
     lab.start_gateway();
+    // `run` prepared its ports: no address at all, promiscuous, receive offloads off.
+    for port in ["outside", "inside"] {
+        let out = Command::new("ip")
+            .args(["-n", &lab.ns("gw"), "addr", "show", "dev", port])
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            !shown.contains("inet"),
+            "port {port} carries an address:\n{shown}"
+        );
+        assert!(
+            shown.contains("PROMISC"),
+            "port {port} not promiscuous:\n{shown}"
+        );
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("gw"), "ethtool", "-k", port])
+            .output()
+            .unwrap();
+        let features = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            features.contains("generic-receive-offload: off"),
+            "{port}: {features}"
+        );
+    }
     let m0 = lab.metrics();
     assert_eq!(m0.get("stockade_gateway_rules_loaded"), 2.0);
     assert_eq!(m0.get("stockade_gateway_conntrack_limit"), 4096.0);

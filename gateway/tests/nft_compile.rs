@@ -64,23 +64,29 @@ fn nft_check(ns: &ScratchNs, json: &str, dir: &Path) {
     );
 }
 
-/// A rules file with `n` IPv4 and `n` IPv6 prefixes in the client set (non-overlapping).
+/// A rules file with `n` IPv4 and `n` IPv6 prefixes in the client set, none adjacent to
+/// another (so aggregation cannot merge them: the set really has `n` elements per family).
 fn big_rules(n: usize) -> String {
     let mut clients = String::new();
     for i in 0..n {
         let _ = write!(
             clients,
             "10.{}.{}.0/24, \"2001:db8:{:x}::/48\", ",
-            i / 256,
-            i % 256,
-            i + 1
+            (2 * i) / 256,
+            (2 * i) % 256,
+            2 * i + 1
         );
     }
     let lab = include_str!("../../rules/default.yaml");
-    lab.replace(
+    let out = lab.replace(
         "  clients: [198.51.100.101, 198.51.100.220, \"2001:db8:64::101\", \"2001:db8:64::220\"]",
         &format!("  clients: [{clients}198.51.100.101, 198.51.100.220]"),
-    )
+    );
+    assert_ne!(
+        out, lab,
+        "the clients set of rules/default.yaml changed; update this test"
+    );
+    out
 }
 
 #[test]
@@ -109,6 +115,8 @@ fn compiled_batches_pass_nft_check() {
     let big = dir.path().join("big.yaml");
     std::fs::write(&big, big_rules(20_000)).unwrap();
     let json = compile(&big, &[]);
+    assert!(json.contains("\"2001:db8:9c3f::\"") && json.contains("\"10.156.62.0\""));
+    assert!(json.matches("\"len\": 24").count() >= 20_000);
     nft_check(&ns, &json, dir.path());
 
     // A file that does not compile is refused with its location.

@@ -163,7 +163,10 @@ fn nft_plane_behaves_like_firewall45() {
         .unwrap()
         .iter()
         .all(|p| p.ip() != IpAddr::from(CLIENT4) && p.ip() != IpAddr::from(CLIENT6)));
-    assert!(udp_got.lock().unwrap().is_empty(), "UDP reached the stock server");
+    assert!(
+        udp_got.lock().unwrap().is_empty(),
+        "UDP reached the stock server"
+    );
     assert!(
         after.drops("no_rule") - before.drops("no_rule") >= 7.0,
         "no_rule drops {} -> {}",
@@ -196,9 +199,11 @@ fn nft_plane_behaves_like_firewall45() {
     // 4. The push: the stock server connects out and streams 2 MiB; the client's ACKs pass,
     //    its data is dropped as one_way.
     let before = lab.metrics();
-    let client_listener = in_ns(&ns_client, || {
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let client_listener = in_ns(&ns_client, move || {
         let l = TcpListener::bind(SocketAddr::new(CLIENT4.into(), PUSH)).unwrap();
         l.set_nonblocking(true).unwrap();
+        bound_tx.send(()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut s = loop {
             match l.accept() {
@@ -219,6 +224,9 @@ fn nft_plane_behaves_like_firewall45() {
             .unwrap();
         s
     });
+    bound_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("client listener bound");
     let mut stock_side = run_in(&ns_stock, || {
         let mut s = TcpStream::connect_timeout(
             &SocketAddr::new(CLIENT4.into(), PUSH),
@@ -259,7 +267,9 @@ fn nft_plane_behaves_like_firewall45() {
         "the client's ACKs must be forwarded under the push rule"
     );
     assert!(
-        after.get("stockade_gateway_packets_total{action=\"drop\",direction=\"inbound\",rule=\"push\"}") >= 1.0,
+        after.get(
+            "stockade_gateway_packets_total{action=\"drop\",direction=\"inbound\",rule=\"push\"}"
+        ) >= 1.0,
         "one_way drops are counted under the push rule"
     );
 
@@ -288,8 +298,13 @@ fn nft_plane_behaves_like_firewall45() {
         lab.gateway_log()
     );
     for (k, v) in &before.samples {
-        if k.starts_with("stockade_gateway_packets_total") || k.starts_with("stockade_gateway_drops_total") {
-            assert!(m.samples.get(k).copied().unwrap_or(0.0) >= *v, "{k} went backwards");
+        if k.starts_with("stockade_gateway_packets_total")
+            || k.starts_with("stockade_gateway_drops_total")
+        {
+            assert!(
+                m.samples.get(k).copied().unwrap_or(0.0) >= *v,
+                "{k} went backwards"
+            );
         }
     }
     pooled.set_read_timeout(Some(NOTHING_BACK)).unwrap();
@@ -360,14 +375,24 @@ fn nft_plane_fails_closed() {
     let out = Command::new("ip")
         .args(["netns", "exec", &lab.ns("gw"), BIN, "run"])
         .args(PLANE)
-        .args(["--outside", "outside", "--inside", "inside", "--metrics", METRICS])
+        .args([
+            "--outside",
+            "outside",
+            "--inside",
+            "inside",
+            "--metrics",
+            METRICS,
+        ])
         .arg("--rules")
         .arg(&lab.rules)
         .arg("--ctl")
         .arg(&lab.ctl)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "started with bridge-nf-call-iptables=0");
+    assert!(
+        !out.status.success(),
+        "started with bridge-nf-call-iptables=0"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bridge-nf-call-iptables"), "{err}");
     gw_sysctl(&lab, "net.bridge.bridge-nf-call-iptables=1");

@@ -37,6 +37,9 @@ template!(UNIT_SERVICE, "stockade-service.service");
 template!(UNIT_CLAMD, "stockade-clamd.service");
 template!(UNIT_GATEWAY, "stockade-gateway.service");
 
+/// The alert rules (`monitoring/alerts.yml`): the lab's Prometheus and the VMs' load them.
+pub const ALERT_RULES: &str = include_str!("../../monitoring/alerts.yml");
+
 /// The rules file the lab runs from a copy of (the repo's `rules/default.yaml`), embedded as a
 /// fallback for a binary used outside the repository.
 pub const DEFAULT_RULES: &str = include_str!("../../rules/default.yaml");
@@ -159,6 +162,17 @@ impl Layout {
         match self {
             Layout::Lab { state } => state.join("hosts").join("monitor").join("prometheus.yml"),
             Layout::Vm => "/etc/prometheus/prometheus.yml".into(),
+        }
+    }
+
+    /// The alert rules next to the Prometheus config.
+    pub fn alert_rules(&self) -> PathBuf {
+        match self {
+            Layout::Lab { state } => state
+                .join("hosts")
+                .join("monitor")
+                .join("stockade-alerts.yml"),
+            Layout::Vm => "/etc/prometheus/stockade-alerts.yml".into(),
         }
     }
 
@@ -288,10 +302,10 @@ pub fn host_files(s: &Settings, host: &Host) -> Result<Vec<File>, LabError> {
                 file(l.clamd_config(host.name), clamd),
             ])
         }
-        Role::Monitor => Ok(vec![file(
-            l.prometheus_config(),
-            prometheus_config(s, host)?,
-        )]),
+        Role::Monitor => Ok(vec![
+            file(l.prometheus_config(), prometheus_config(s, host)?),
+            file(l.alert_rules(), ALERT_RULES.to_string()),
+        ]),
     }
 }
 
@@ -324,6 +338,7 @@ fn prometheus_config(s: &Settings, monitor: &Host) -> Result<String, LabError> {
             ("service_targets", quote_list(services)),
             ("stock_targets", quote_list(stocks)),
             ("pki", p(&s.layout.pki())),
+            ("alert_rules", p(&s.layout.alert_rules())),
         ],
     )
 }
@@ -447,9 +462,12 @@ mod tests {
             "198.51.100.50:9443",
             "198.51.100.51:9443",
             "cert_file: /st/pki/monitor-client.pem",
+            "rule_files:\n  - /st/hosts/monitor/stockade-alerts.yml",
         ] {
             assert!(c.contains(t), "{t} missing in {c}");
         }
+        assert_eq!(files[1].path, PathBuf::from("/st/hosts/monitor/stockade-alerts.yml"));
+        assert_eq!(files[1].contents, ALERT_RULES);
     }
 
     #[test]

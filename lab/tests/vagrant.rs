@@ -3,7 +3,8 @@
 //! templates as the lab), the units (`systemd-analyze verify`), the Prometheus config
 //! (`promtool check config`), the stock VMs' guard (`nft -c`), the provisioning script
 //! (`bash -n`, `shellcheck`), and the Vagrantfile itself, loaded by Ruby with a recording
-//! stand-in for Vagrant: no stock VM has a network other than the inside one.
+//! stand-in for Vagrant: no stock VM has a network other than the inside one; and
+//! `vagrant validate` (Debian's vagrant and vagrant-libvirt, which `.ci/run` installs).
 //!
 //! Tools that are not installed are reported and their check is skipped; `bash -n` and the
 //! topology checks always run.
@@ -153,6 +154,13 @@ fn rendered_vm_files_are_consistent() {
             .replace(
                 "/etc/stockade/pki",
                 &monitor.join("etc/stockade/pki").display().to_string(),
+            )
+            .replace(
+                "/etc/prometheus/stockade-alerts.yml",
+                &monitor
+                    .join("etc/prometheus/stockade-alerts.yml")
+                    .display()
+                    .to_string(),
             );
         let cfg = monitor.join("check-prometheus.yml");
         std::fs::write(&cfg, text).unwrap();
@@ -237,4 +245,51 @@ fn vagrantfile_gives_stock_vms_no_path_around_the_gateway() {
         assert_eq!(prov.len(), 1, "{name}");
         assert_eq!(prov[0]["path"], "provision.sh");
     }
+}
+
+/// `vagrant validate` on the Vagrantfile with the rendered files: for libvirt with the
+/// vagrant-libvirt plugin (its provider options are checked too), and for VirtualBox (not a
+/// Debian package, so its provider section is ignored). `.ci/run` installs both packages.
+#[test]
+fn vagrant_validate_accepts_the_vagrantfile() {
+    assert!(
+        have("vagrant"),
+        "vagrant is not installed: apt-get install vagrant vagrant-libvirt (.ci/run does)"
+    );
+    let (dir, vagrant) = render();
+    let home = dir.path().join("vagrant-home");
+    let run = |provider: &str, args: &[&str]| {
+        let out = Command::new("vagrant")
+            .arg("validate")
+            .args(args)
+            .current_dir(&vagrant)
+            .env("VAGRANT_DEFAULT_PROVIDER", provider)
+            .env("VAGRANT_HOME", &home)
+            // No call home to HashiCorp's version check.
+            .env("VAGRANT_CHECKPOINT_DISABLE", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("Vagrantfile validated successfully"),
+            "vagrant validate ({provider}) failed:\n{text}"
+        );
+    };
+    let plugins = Command::new("vagrant")
+        .args(["plugin", "list"])
+        .env("VAGRANT_HOME", &home)
+        .env("VAGRANT_CHECKPOINT_DISABLE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&plugins.stdout).contains("vagrant-libvirt"),
+        "the vagrant-libvirt plugin is missing: apt-get install vagrant-libvirt (.ci/run does)"
+    );
+    run("libvirt", &[]);
+    run("virtualbox", &["--ignore-provider"]);
 }

@@ -341,3 +341,51 @@ async fn fetch(
         .map_err(|e| ApiError::internal("reduced image file", e))?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(private: bool) -> ReducedRecord {
+        ReducedRecord {
+            id: "0".repeat(32),
+            name: "cat.png".into(),
+            stock_server: "stock-1".into(),
+            database_key: "k1".into(),
+            private,
+            width: 256,
+            height: 171,
+            source_width: 1200,
+            source_height: 800,
+            colour: String::new(),
+            created_at: 0,
+        }
+    }
+
+    /// Claim 6: public to every client; a private one only to its own account.
+    #[test]
+    fn visibility_claim_6() {
+        let own = Some(("stock-1".to_string(), "k1".to_string()));
+        let other = Some(("stock-2".to_string(), "k1".to_string()));
+        assert!(visible(&rec(false), &None));
+        assert!(visible(&rec(false), &other));
+        assert!(!visible(&rec(true), &None));
+        assert!(
+            !visible(&rec(true), &other),
+            "same database key, other stock server"
+        );
+        assert!(visible(&rec(true), &own));
+        assert!(is_own(&rec(false), &own) && !is_own(&rec(false), &None));
+    }
+
+    #[test]
+    fn config_long_side_default_and_bounds() {
+        let c: ReducedImagesConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.long_side, 256);
+        let c: ReducedImagesConfig = serde_json::from_str(r#"{"long_side": 512}"#).unwrap();
+        assert!(c.validate().is_ok());
+        let c: ReducedImagesConfig = serde_json::from_str(r#"{"long_side": 8}"#).unwrap();
+        assert!(c.validate().unwrap_err().contains("16..4096"));
+        assert!(serde_json::from_str::<ReducedImagesConfig>(r#"{"size": 1}"#).is_err());
+    }
+}

@@ -3,6 +3,8 @@
 //! addresses (127.x.y.z, so clients can each listen on the push port 7137), and stops them all
 //! when dropped, also when a test fails.
 
+pub mod lab;
+
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{
-    BinaryOperation, Exthdr, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    BinaryOperation, Expression, Exthdr, Meta, MetaKey, NamedExpression, Payload, PayloadField,
     Prefix, Range, SetItem, Verdict, CT,
 };
 use nftables::schema::{
@@ -197,12 +197,15 @@ struct SetDef {
     elems: BTreeSet<Elem>,
 }
 
+/// Hook, priority and policy of a base chain.
+type BaseChain = (NfHook, i32, NfChainPolicy);
+
 /// One of our two tables.
 #[derive(Clone, Debug)]
 struct TablePlan {
     family: NfFamily,
     /// Base chains (name, hook, priority, policy) and regular chains (hook None).
-    chains: Vec<(String, Option<(NfHook, i32, NfChainPolicy)>)>,
+    chains: Vec<(String, Option<BaseChain>)>,
     sets: BTreeMap<String, SetDef>,
     counters: BTreeSet<String>,
     rules: Vec<(String, Vec<Statement<'static>>)>,
@@ -238,7 +241,7 @@ impl TablePlan {
             handle: None,
         })
     }
-    fn chain_obj(&self, name: &str, base: Option<(NfHook, i32, NfChainPolicy)>) -> Chain<'static> {
+    fn chain_obj(&self, name: &str, base: Option<BaseChain>) -> Chain<'static> {
         Chain {
             family: self.family,
             table: TABLE.into(),
@@ -881,7 +884,10 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
         // The gate, after br_netfilter ran the inet forward chain (bridge forward priority 0).
         br.rule(
             "gate",
-            vec![eq(meta(MetaKey::Mark), n(side.mark() | MARK_ACCEPTED)), accept()],
+            vec![
+                eq(meta(MetaKey::Mark), n(side.mark() | MARK_ACCEPTED)),
+                accept(),
+            ],
         );
     }
     for side in Side::BOTH {
@@ -971,7 +977,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
             let chain = format!("est_{id}_{}", side.suffix());
             inet.chain(&chain);
             let fwd = meaning(
-            cm,
+                cm,
                 &format!("fwd_{id}_{}", side.suffix()),
                 Some(&r.name),
                 Action::Forward,
@@ -987,7 +993,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                 // length 8; other protocols carry payload by definition here. Related ICMP
                 // errors (`ct state related`) are not subject to this and pass.
                 let ow = meaning(
-            cm,
+                    cm,
                     &format!("oneway_{id}_in"),
                     Some(&r.name),
                     Action::Drop,
@@ -1181,7 +1187,11 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
         );
         inet.rule(
             ch,
-            vec![eq(payload("icmp", "type"), s("echo-reply")), inv.clone(), drop_()],
+            vec![
+                eq(payload("icmp", "type"), s("echo-reply")),
+                inv.clone(),
+                drop_(),
+            ],
         );
         inet.rule(
             ch,
@@ -1206,7 +1216,10 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                     _ => {}
                 }
                 let fam = if v6 { "ip6" } else { "ip" };
-                let mut st = vec![eq(meta(MetaKey::Nfproto), s(if v6 { "ipv6" } else { "ipv4" }))];
+                let mut st = vec![eq(
+                    meta(MetaKey::Nfproto),
+                    s(if v6 { "ipv6" } else { "ipv4" }),
+                )];
                 for (field, nets, refs) in [("saddr", src, &fr.src), ("daddr", dst, &fr.dst)] {
                     if is_any(nets) {
                         continue;
@@ -1274,7 +1287,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                     }
                     RuleAction::Drop => {
                         let c = meaning(
-            cm,
+                            cm,
                             &format!("drop_{id}_{d}"),
                             Some(&r.name),
                             Action::Drop,

@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    Nla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple,
@@ -96,11 +96,7 @@ impl Conntrack {
 
     /// Receives until the end of the answer to `seq` (Done for a dump, an ACK/error
     /// otherwise), handing every conntrack message to `each`.
-    fn receive(
-        &mut self,
-        seq: u32,
-        mut each: impl FnMut(NetfilterMessage),
-    ) -> Result<(), CtError> {
+    fn receive(&mut self, seq: u32, mut each: impl FnMut(NetfilterMessage)) -> Result<(), CtError> {
         loop {
             let size = self.socket.recv(&mut &mut self.buf[..], 0)?;
             let mut offset = 0;
@@ -213,8 +209,10 @@ fn entry(family: NetfilterProtoFamily, attrs: Vec<ConntrackAttribute>) -> Option
                         ProtoTuple::SourcePort(v) => src_port = *v,
                         ProtoTuple::DestinationPort(v) => dst_port = *v,
                         ProtoTuple::Other(nla)
-                            if matches!(nla.kind(), CTA_PROTO_ICMP_TYPE | CTA_PROTO_ICMPV6_TYPE)
-                                && nla.value_len() == 1 =>
+                            if matches!(
+                                nla.kind(),
+                                CTA_PROTO_ICMP_TYPE | CTA_PROTO_ICMPV6_TYPE
+                            ) && nla.value_len() == 1 =>
                         {
                             let mut v = [0u8; 1];
                             nla.emit_value(&mut v);

@@ -16,14 +16,17 @@ use crate::metrics::{Metrics, NO_RULE};
 /// the network header at every hook we use) but the userspace plane's frame counts do.
 const ETHERNET_HEADER: u64 = 14;
 
+/// (family, counter name) -> (packets, bytes).
+pub type CounterValues = HashMap<(String, String), (u64, u64)>;
+
 #[derive(Debug, Default)]
 pub struct Exporter {
-    /// (family, counter name) -> (packets, bytes) as last read.
-    last: HashMap<(String, String), (u64, u64)>,
+    /// Every counter as last read.
+    last: CounterValues,
 }
 
 /// The counters of our two tables: (family, name) -> (packets, bytes).
-pub fn read_counters() -> Result<HashMap<(String, String), (u64, u64)>, NftError> {
+pub fn read_counters() -> Result<CounterValues, NftError> {
     let mut out = HashMap::new();
     for family in ["inet", "bridge"] {
         let v = nft_json(&["list", "counters", "table", family, TABLE])?;
@@ -64,12 +67,7 @@ impl Exporter {
     }
 
     /// [`Exporter::poll`] on values already read.
-    pub fn apply(
-        &mut self,
-        compiled: &Compiled,
-        metrics: &Metrics,
-        now: HashMap<(String, String), (u64, u64)>,
-    ) {
+    pub fn apply(&mut self, compiled: &Compiled, metrics: &Metrics, now: CounterValues) {
         for (key, (p, b)) in now {
             let Some(meaning) = compiled.counters.get(&key.1) else {
                 continue;

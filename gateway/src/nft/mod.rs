@@ -129,10 +129,20 @@ pub fn compile_file(path: &Path, ports: &PortNames) -> Result<Compiled, NftError
 pub fn text_listing(batch: &Nftables) -> Result<String, NftError> {
     let json = serde_json::to_string(batch).map_err(|e| NftError::Nft(e.to_string()))?;
     let mut tmp = std::env::temp_dir();
-    tmp.push(format!("stockade-gateway-compile-{}.json", std::process::id()));
+    tmp.push(format!(
+        "stockade-gateway-compile-{}.json",
+        std::process::id()
+    ));
     std::fs::write(&tmp, json).map_err(|e| NftError::Host(format!("{}: {e}", tmp.display())))?;
     let out = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c", "nft -j -f \"$1\" && nft list ruleset", "sh"])
+        .args([
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            "nft -j -f \"$1\" && nft list ruleset",
+            "sh",
+        ])
         .arg(&tmp)
         .output();
     let _ = std::fs::remove_file(&tmp);
@@ -199,7 +209,13 @@ pub fn revoke(rules: &Ruleset, ids: &[u32]) -> Result<Revocation, NftError> {
         }
         r.ours += 1;
         match admitting_rule(
-            rules, e.src, e.dst, e.proto, e.src_port, e.dst_port, e.icmp_type,
+            rules,
+            e.src,
+            e.dst,
+            e.proto,
+            e.src_port,
+            e.dst_port,
+            e.icmp_type,
         ) {
             Some(i) if ids[i] == id => {}
             Some(i) => {
@@ -408,6 +424,13 @@ impl NftPlane {
         }
         host::delete_bridge(&self.bridge)?;
         apply(&Compiled::teardown_batch())?;
+        if self.port_setup {
+            for port in [&self.ports.outside, &self.ports.inside] {
+                if let Err(e) = ports::release(port) {
+                    warn!(%port, error = %e, "releasing port");
+                }
+            }
+        }
         self.state().installed = None;
         info!("nftables plane stopped; ports detached, tables deleted");
         Ok(())

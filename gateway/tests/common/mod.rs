@@ -13,9 +13,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -403,7 +401,7 @@ impl Lab {
 }
 
 impl Drop for Lab {
-    pub fn drop(&mut self) {
+    fn drop(&mut self) {
         if let Some(mut child) = self.gateway.take() {
             // SAFETY: kill(2) with the pid of our own child process.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

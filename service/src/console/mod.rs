@@ -193,6 +193,8 @@ async fn css() -> Response {
 }
 
 /// The signed-in operator, or a redirect to the sign-in page.
+// An axum Response is the natural rejection of a page handler.
+#[allow(clippy::result_large_err)]
 fn signed_in(c: &Console, headers: &HeaderMap) -> Result<(String, Session), Response> {
     cookie(headers, SESSION_COOKIE)
         .and_then(|t| c.auth.session(t).map(|s| (t.to_string(), s)))
@@ -210,6 +212,8 @@ fn csrf_failed() -> Response {
 }
 
 /// A signed-in operator whose form carries the session's CSRF token.
+// An axum Response is the natural rejection of a page handler.
+#[allow(clippy::result_large_err)]
 fn checked(c: &Console, headers: &HeaderMap, csrf: &str) -> Result<Session, Response> {
     let (_, s) = signed_in(c, headers)?;
     if csrf.is_empty() || !auth::same(csrf, &s.csrf) {

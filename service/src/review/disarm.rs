@@ -462,7 +462,7 @@ fn gif_first_frame(
                 limits.max_gif_frames
             )));
         }
-        if frames % 64 == 0 {
+        if frames & 63 == 0 {
             in_time(deadline, limits)?;
         }
     }

@@ -73,7 +73,11 @@ fn sets_are_aggregated_and_shared() {
     // `stock` is used by several rules and by inside_sources: one inet set per family.
     assert!(c.inet.sets.contains_key("set_stock_v4"));
     assert_eq!(
-        c.inet.sets.keys().filter(|k| k.starts_with("set_stock")).count(),
+        c.inet
+            .sets
+            .keys()
+            .filter(|k| k.starts_with("set_stock"))
+            .count(),
         2
     );
     let j = json(&c.full_batch());
@@ -120,7 +124,11 @@ fn diff_changes_only_set_elements_and_keeps_counters() {
     let new = compile(&f2, &r2, &ids.assign(&r2), &PortNames::default());
     let j = json(&new.diff_batch(&old));
     assert!(j.contains("\"delete\":{\"element\""), "{j}");
-    assert!(j.contains("198.51.100.111"));
+    // .110 and .111 were aggregated to .110/31; now the /31 goes and .110 alone comes.
+    assert!(
+        j.contains("\"prefix\":{\"addr\":\"198.51.100.110\",\"len\":31}"),
+        "{j}"
+    );
     assert!(!j.contains("\"delete\":{\"counter\""), "{j}");
     assert!(!j.contains("\"delete\":{\"table\""), "{j}");
     // Re-applying the same rules changes no set at all.
