@@ -466,7 +466,10 @@ mod tests {
         ] {
             assert!(c.contains(t), "{t} missing in {c}");
         }
-        assert_eq!(files[1].path, PathBuf::from("/st/hosts/monitor/stockade-alerts.yml"));
+        assert_eq!(
+            files[1].path,
+            PathBuf::from("/st/hosts/monitor/stockade-alerts.yml")
+        );
         assert_eq!(files[1].contents, ALERT_RULES);
     }
 

@@ -23,12 +23,20 @@ fn noisy_png(w: u32, h: u32, seed: u32) -> Vec<u8> {
 
 #[test]
 fn kill_9_mid_upload_loses_no_acknowledged_object() {
-    let mut sys = System::start(Options { stock_servers: 1, ..Options::default() });
+    let mut sys = System::start(Options {
+        stock_servers: 1,
+        ..Options::default()
+    });
     let c1 = sys.client("c1");
     // The first upload creates the account.
     let first = noisy_png(64, 64, 99);
     std::fs::write(c1.home.join("first.png"), &first).unwrap();
-    c1.ok(&["upload", c1.home.join("first.png").to_str().unwrap(), "--wait", "60"]);
+    c1.ok(&[
+        "upload",
+        c1.home.join("first.png").to_str().unwrap(),
+        "--wait",
+        "60",
+    ]);
     let mut images: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut acknowledged: Vec<String> = vec!["first.png".into()];
     images.insert("first.png".into(), first);
@@ -71,17 +79,28 @@ fn kill_9_mid_upload_loses_no_acknowledged_object() {
         let mut stored = so.contains(&format!("stored {name}"));
         if !stored {
             // The upload may have been accepted before the kill: follow it to its end.
-            if let Some(id) = so.lines().find_map(|l| l.strip_prefix("upload ").and_then(|r| r.split_whitespace().next())) {
+            if let Some(id) = so.lines().find_map(|l| {
+                l.strip_prefix("upload ")
+                    .and_then(|r| r.split_whitespace().next())
+            }) {
                 let st = c1.run(&["status", id, "--wait", "90"]);
                 stored = text(&st.stdout).contains(&format!("stored {name}"));
-                assert!(st.status.code() != Some(4), "upload {id} never finished after restart:\n{}", sys.logs());
+                assert!(
+                    st.status.code() != Some(4),
+                    "upload {id} never finished after restart:\n{}",
+                    sys.logs()
+                );
             }
         }
         if stored {
             acknowledged.push(name);
         }
     }
-    assert!(acknowledged.len() >= 2, "some uploads must survive: {acknowledged:?}\n{}", sys.logs());
+    assert!(
+        acknowledged.len() >= 2,
+        "some uploads must survive: {acknowledged:?}\n{}",
+        sys.logs()
+    );
 
     // Every acknowledged object is listed and comes back byte for byte.
     let list = c1.ok(&["list"]);
@@ -89,18 +108,33 @@ fn kill_9_mid_upload_loses_no_acknowledged_object() {
         assert!(list.contains(name.as_str()), "{name} lost:\n{list}");
         let dest = c1.home.join(format!("back-{name}"));
         c1.ok(&["download", name, "--out", dest.to_str().unwrap()]);
-        assert_eq!(&std::fs::read(&dest).unwrap(), &images[name], "{name} differs");
+        assert_eq!(
+            &std::fs::read(&dest).unwrap(),
+            &images[name],
+            "{name} differs"
+        );
     }
     // No half-written object is visible: after the last restart the stock server's object
     // directory holds exactly the listed objects and no temp files.
     sys.restart_stock(0);
-    let listed = c1.ok(&["list"]).lines().filter(|l| l.contains(".png")).count();
+    let listed = c1
+        .ok(&["list"])
+        .lines()
+        .filter(|l| l.contains(".png"))
+        .count();
     let objects = std::fs::read_dir(sys.root().join("stock-1-data/objects"))
         .unwrap()
         .flatten()
         .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
         .map(|f| f.file_name().to_string_lossy().to_string())
         .collect::<Vec<_>>();
-    assert!(objects.iter().all(|n| !n.starts_with(".tmp")), "{objects:?}");
-    assert_eq!(objects.len(), listed, "objects on disk {objects:?} vs listed {listed}");
+    assert!(
+        objects.iter().all(|n| !n.starts_with(".tmp")),
+        "{objects:?}"
+    );
+    assert_eq!(
+        objects.len(),
+        listed,
+        "objects on disk {objects:?} vs listed {listed}"
+    );
 }
