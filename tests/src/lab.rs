@@ -264,27 +264,26 @@ impl Lab {
     pub fn stock_metrics(&self, stock: Ipv4Addr) -> String {
         let pki = self.state().join("pki");
         let p = |f: &str| pki.join(f).display().to_string();
-        let url = format!("https://{stock}:9443/metrics");
+        let np = self.netprobe().display().to_string();
+        let addr = stock.to_string();
         let out = self.exec(
             "monitor",
             &[
-                "curl",
-                "-sS",
-                "--fail",
-                "--max-time",
+                "python3",
+                &np,
+                "https",
                 "10",
-                "--cacert",
+                &addr,
+                "9443",
+                "/metrics",
                 &p("ca.pem"),
-                "--cert",
                 &p("monitor-client.pem"),
-                "--key",
                 &p("monitor-client.key"),
-                &url,
             ],
             &[],
             Duration::from_secs(30),
         );
-        ok(&out, &format!("curl {url} from the monitor"))
+        ok(&out, &format!("GET https://{stock}:9443/metrics from the monitor"))
     }
 
     pub fn prometheus_url(&self) -> String {
@@ -548,9 +547,7 @@ impl Impostor {
         ip_cmd(&["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "data"]);
         ip_cmd(&["-n", &ns, "link", "set", "data", "up"]);
         let mut c = Command::new("ip");
-        c.args([
-            "netns", "exec", &ns, "ethtool", "-K", "data", "tx", "off",
-        ]);
+        c.args(["netns", "exec", &ns, "ethtool", "-K", "data", "tx", "off"]);
         ok(&run_bounded(c, Duration::from_secs(20)), "ethtool tx off");
         ip_cmd(&["-n", &sw, "link", "set", "impostor", "master", "br0", "up"]);
         imp

@@ -3,6 +3,7 @@
     python3 netprobe.py probe TIMEOUT SPEC...     SPEC: tcp:ADDR:PORT | udp:ADDR:PORT | icmp:ADDR
     python3 netprobe.py forge TIMEOUT IFACE SRC_MAC DST_MAC SRC_IP DST_IP DST_PORT
     python3 netprobe.py sniff IFACE SECONDS STOP_FILE
+    python3 netprobe.py https TIMEOUT ADDR PORT PATH CA CERT KEY
 
 `probe` runs every attempt at once and prints one line per SPEC: `SPEC OUTCOME`, where OUTCOME
 is `reached` (a TCP connection / a UDP or ICMP answer), `timeout` (nothing came back, what a
@@ -15,6 +16,9 @@ seconds for any IPv4 frame from DST_IP; prints `sent N` and `answers M`.
 
 `sniff` counts the IPv4 frames arriving on IFACE by source MAC and source address until
 SECONDS pass or STOP_FILE exists; prints `ready` once listening, then one JSON object.
+
+`https` GETs PATH over TLS with a client certificate and prints the body (exit 0 on HTTP 200);
+exit 3 with `timeout` if nothing came back, 4 on any other failure.
 """
 
 import errno
@@ -23,6 +27,7 @@ import os
 import random
 import select
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -248,9 +253,48 @@ def cmd_sniff(args):
     print(json.dumps({"by_mac": by_mac, "by_src": by_src}), flush=True)
 
 
+def cmd_https(args):
+    timeout, addr, port, path, ca, cert, key = args
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.load_cert_chain(cert, key)
+    try:
+        raw = socket.create_connection((addr, int(port)), timeout=float(timeout))
+        with ctx.wrap_socket(raw, server_hostname=addr) as s:
+            req = "GET %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n\r\n" % (path, addr, port)
+            s.sendall(req.encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except socket.timeout:
+        print("timeout")
+        sys.exit(3)
+    except Exception as e:  # noqa: BLE001
+        print("failed:", repr(e))
+        sys.exit(4)
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    if " 200 " not in status + " ":
+        print("failed:", status)
+        sys.exit(4)
+    if b"transfer-encoding: chunked" in head.lower():
+        out = b""
+        while body:
+            size_line, _, rest = body.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            out += rest[:size]
+            body = rest[size + 2 :]
+        body = out
+    sys.stdout.write(body.decode(errors="replace"))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"probe": cmd_probe, "forge": cmd_forge, "sniff": cmd_sniff}[cmd](args)
+    {"probe": cmd_probe, "forge": cmd_forge, "sniff": cmd_sniff, "https": cmd_https}[cmd](args)
 
 
 if __name__ == "__main__":

@@ -337,6 +337,46 @@ fn status_kb(pid: i32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Seals `bytes` as an upload of `client_id` (62, 63), ready to POST with its ticket.
+fn sealed_upload(
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::blocking::Client,
+    base: &str,
+    key: &stockade_proto::identity::ClientKey,
+    client_id: &str,
+    name: &str,
+    bytes: &[u8],
+) -> (String, Vec<u8>) {
+    let ins: serde_json::Value = http
+        .post(format!("{base}/v1/upload-instructions"))
+        .json(&serde_json::json!({ "client_id": client_id }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ticket = ins["ticket"].as_str().unwrap().to_string();
+    let service_key =
+        stockade_proto::wire::decode_hex32(ins["upload_public_key"].as_str().unwrap()).unwrap();
+    let mut m = stockade_proto::envelope::UploadManifest {
+        ticket: ticket.clone(),
+        file_name: name.into(),
+        size: bytes.len() as u64,
+        sha256: stockade_proto::envelope::sha256_hex(bytes),
+        client_id: client_id.into(),
+        signature: String::new(),
+    };
+    m.sign(key);
+    let mut env = Vec::new();
+    rt.block_on(stockade_proto::envelope::seal_upload(
+        &service_key,
+        &m,
+        bytes,
+        &mut env,
+    ))
+    .unwrap();
+    (ticket, env)
+}
+
 #[test]
 fn bomb_flood_fifty_at_once_stays_under_the_memory_ceiling_92() {
     const CEILING: u64 = 400 << 20;
@@ -347,41 +387,83 @@ fn bomb_flood_fifty_at_once_stays_under_the_memory_ceiling_92() {
         ),
         ..Options::default()
     });
-    let c1 = sys.client("c1");
     let kinds: Vec<(&str, Vec<u8>)> = vec![
         ("deflate.png", png_bomb()),
         ("square.jpg", jpeg_65535()),
         ("frames.gif", gif_frames(1500)),
         ("header.png", png_claiming(100_000, 100_000)),
     ];
-    let paths: Vec<String> = kinds.iter().map(|(n, b)| write(&c1.home, n, b)).collect();
+    // One client, registered (61, 71), seals 50 bombs; they are sent at once.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = https(&sys);
+    let base = sys.service_url();
+    let key = stockade_proto::identity::ClientKey::generate(2048).unwrap();
+    let reg: serde_json::Value = http
+        .post(format!("{base}/v1/register"))
+        .json(&serde_json::json!({"public_key_pem": key.public().to_pem()}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let client_id = reg["client_id"].as_str().unwrap().to_string();
+    let sealed: Vec<(String, Vec<u8>)> = (0..50)
+        .map(|i| {
+            let (name, bytes) = &kinds[i % kinds.len()];
+            sealed_upload(&rt, &http, &base, &key, &client_id, name, bytes)
+        })
+        .collect();
     let pid = sys.service.as_ref().unwrap().pid();
     let started = Instant::now();
-    let children: Vec<_> = (0..50)
-        .map(|i| spawn_upload(&c1, &paths[i % paths.len()], &[]))
+    let senders: Vec<_> = sealed
+        .into_iter()
+        .map(|(ticket, env)| {
+            let (http, base) = (http.clone(), base.clone());
+            std::thread::spawn(move || {
+                let r = http
+                    .post(format!("{base}/v1/uploads"))
+                    .header(stockade_proto::wire::TICKET_HEADER, &ticket)
+                    .body(env)
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                let v: serde_json::Value = r.json().unwrap();
+                v["upload_id"].as_str().unwrap().to_string()
+            })
+        })
         .collect();
-    // The service keeps answering while the bombs are reviewed.
-    let client = https(&sys);
+    let ids: Vec<String> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    // The service keeps answering while the bombs are reviewed; every one is refused.
     let mut worst = Duration::ZERO;
     let mut rss_max = 0;
-    for _ in 0..10 {
+    let mut pending = ids.clone();
+    let mut refusals = vec![];
+    while !pending.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{} bombs still pending",
+            pending.len()
+        );
         let t = Instant::now();
-        let r = client
-            .get(format!("{}/v1/info", sys.service_url()))
-            .send()
-            .unwrap();
+        let r = http.get(format!("{base}/v1/info")).send().unwrap();
         assert!(r.status().is_success());
         worst = worst.max(t.elapsed());
         rss_max = rss_max.max(status_kb(pid, "VmRSS:"));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let mut refused = 0;
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(3), "bomb {i}: {err}");
-        assert!(err.contains("refused: corrupt: limits"), "bomb {i}: {err}");
-        refused += 1;
+        pending.retain(|id| {
+            let v: serde_json::Value = http
+                .get(format!("{base}/v1/uploads/{id}"))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            if v["state"] == "refused" {
+                refusals.push(v["refusal"].clone());
+                false
+            } else {
+                assert_eq!(v["state"], "pending", "{v}");
+                true
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
     }
     let peak = status_kb(pid, "VmHWM:") << 10;
     eprintln!(
@@ -392,7 +474,11 @@ fn bomb_flood_fifty_at_once_stays_under_the_memory_ceiling_92() {
         rss_max >> 10,
         worst
     );
-    assert_eq!(refused, 50);
+    assert_eq!(refusals.len(), 50);
+    for r in &refusals {
+        assert_eq!(r["code"], "corrupt", "{r}");
+        assert!(r["detail"].as_str().unwrap().starts_with("limits"), "{r}");
+    }
     assert!(
         peak > 0 && peak < CEILING,
         "peak RSS {peak} over the ceiling {CEILING}"
@@ -402,6 +488,7 @@ fn bomb_flood_fifty_at_once_stays_under_the_memory_ceiling_92() {
         "service slow to answer: {worst:?}"
     );
     assert!(stored_objects(&sys).is_empty());
+    assert!(files_under(&sys.root().join("service-data/quarantine")).is_empty());
 }
 
 // ---- the operator console (93) ----

@@ -119,6 +119,12 @@ fn other_type(b: &[u8]) -> Option<&'static str> {
 /// 92: sniffs `bytes`, checks the name does not claim another image type, and decodes them
 /// fully within `limits` (dimensions, pixels, decoded bytes, decoder allocations).
 pub fn decode(bytes: &[u8], file_name: &str, limits: &Limits) -> Result<Decoded, Failure> {
+    let format = sniff_named(bytes, file_name, limits)?;
+    decode_as(bytes, format, limits)
+}
+
+/// Size limit, sniffed type, and a name that does not claim another image type.
+fn sniff_named(bytes: &[u8], file_name: &str, limits: &Limits) -> Result<ImageFormat, Failure> {
     let corrupt = Failure::Corrupt;
     if bytes.len() as u64 > limits.max_upload_bytes {
         return Err(corrupt(format!(
@@ -137,11 +143,22 @@ pub fn decode(bytes: &[u8], file_name: &str, limits: &Limits) -> Result<Decoded,
             )));
         }
     }
-    decode_as(bytes, detected, limits)
+    Ok(detected)
 }
 
-/// Decodes `bytes` as `format` within `limits`.
-pub fn decode_as(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<Decoded, Failure> {
+/// The cheap part of 92, before anything is scanned or decoded: the sniffed type, the name,
+/// and the dimensions, pixels and decoded size the header declares, against the limits.
+pub fn precheck(bytes: &[u8], file_name: &str, limits: &Limits) -> Result<(), Failure> {
+    let format = sniff_named(bytes, file_name, limits)?;
+    open_decoder(bytes, format, limits).map(drop)
+}
+
+/// A decoder for `bytes` whose header is within `limits`.
+fn open_decoder<'a>(
+    bytes: &'a [u8],
+    format: ImageFormat,
+    limits: &Limits,
+) -> Result<impl ImageDecoder + 'a, Failure> {
     let corrupt = |d: String| Failure::Corrupt(d);
     let mut il = image::Limits::default();
     il.max_image_width = Some(limits.max_width);
@@ -149,7 +166,7 @@ pub fn decode_as(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<D
     il.max_alloc = Some(limits.max_decoded_bytes);
     let mut r = ImageReader::with_format(std::io::Cursor::new(bytes), format);
     r.limits(il);
-    let mut dec = r.into_decoder().map_err(|e| corrupt(describe(e)))?;
+    let dec = r.into_decoder().map_err(|e| corrupt(describe(e)))?;
     let (w, h) = dec.dimensions();
     if w == 0 || h == 0 {
         return Err(corrupt(format!("does not decode: empty image {w}x{h}")));
@@ -167,6 +184,14 @@ pub fn decode_as(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<D
             limits.max_decoded_bytes
         )));
     }
+    Ok(dec)
+}
+
+/// Decodes `bytes` as `format` within `limits`.
+pub fn decode_as(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<Decoded, Failure> {
+    let corrupt = |d: String| Failure::Corrupt(d);
+    let mut dec = open_decoder(bytes, format, limits)?;
+    let (w, h) = dec.dimensions();
     let icc = dec.icc_profile().map_err(|e| corrupt(describe(e)))?;
     let orientation = dec
         .orientation()

@@ -1,5 +1,5 @@
 //! Fig. 5, the review of a quarantined upload (74): 91 virus check (clamd), 92 integrity check
-//! (full decode within limits), 93 ethics (an operator decides, or the lab's explicit
+//! (full decode within limits, then the content disarm of `disarm`), 93 ethics (an operator decides, or the lab's explicit
 //! auto-approve switch). All yes → 94, delivered to the stock server (78); any no → 95: the
 //! upload is erased (76) and the client is told which check failed and why (77).
 //! A check that cannot run is a "no": nothing is stored that was not fully reviewed.
@@ -35,6 +35,32 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
     }
     let started = Instant::now();
     let path = svc.quarantine_path(&id);
+    // 92, its cheap part first (type, name, the size the header declares): a bomb is refused
+    // before clamd, which inflates image data itself, or a decoder spends time on it.
+    let (src, name, limits) = (
+        path.clone(),
+        rec.file_name.clone(),
+        svc.config.limits.clone(),
+    );
+    let pre = tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&src)
+            .map_err(|e| integrity::Failure::Corrupt(format!("unreadable: {e}")))?;
+        integrity::precheck(&bytes, &name, &limits)
+    })
+    .await;
+    match pre {
+        Ok(Ok(())) => {}
+        Ok(Err(f)) => return refuse(&svc, rec, "integrity", f.refusal()).await,
+        Err(e) => {
+            return refuse(
+                &svc,
+                rec,
+                "integrity",
+                Refusal::Corrupt(format!("decoder failed: {e}")),
+            )
+            .await
+        }
+    }
     // 91: virus check on the upload as received.
     if let Err(r) = scan(&svc, &path, "virus", "").await {
         return refuse(&svc, rec, "virus", r).await;
