@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Forwarding rate of the userspace plane vs. a plain kernel bridge between the same namespaces.
+# Forwarding rate of both data planes (userspace, nftables) vs. a plain kernel bridge between the
+# same namespaces.
 #
 #   gateway/bench/forward.sh [RUNS] [SECONDS]      (root; defaults 5 runs of 8 s)
 #
@@ -7,8 +8,11 @@
 #   tx (198.51.100.101) ── a ┤ mid: bridge br0 | stockade-gateway ├ b ── rx (198.51.100.50)
 # * Baseline: br0 over a and b with bridge-nf-call-ip{,6}tables=0 (set in mid and reported)
 #   and no ruleset.
-# * Gateway: the release binary (each --io: batched, ring, pnet) bridging a (outside) and b (inside) under a rules file that
-#   admits the flow (UDP 198.51.100.101 -> 198.51.100.50:9).
+# * Gateway: the release binary (userspace plane with each --io: batched, ring, pnet; then
+#   --dataplane nftables, which bridges a and b itself and needs bridge-nf-call-ip{,6}tables=1,
+#   set for that run and reported) bridging a (outside) and b (inside) under a rules file that
+#   admits the flow (UDP 198.51.100.101 -> 198.51.100.50:9). PLANES="batched ring pnet nft"
+#   selects which gateway runs happen (default: all).
 # * One 64-byte UDP flow from trafgen (netsniff-ng) pinned to CPU 0; the receiver drops it at
 #   prerouting (nftables; tc ingress drop if nft is missing) so no ICMP errors come back.
 # * Figure: rx packets of the receiver's port over SECONDS, median of RUNS runs.
@@ -18,6 +22,7 @@ set -euo pipefail
 RUNS=${1:-5}
 SECS=${2:-8}
 TCP_RUNS=${TCP_RUNS:-3}
+PLANES=${PLANES:-batched ring pnet nft}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${STOCKADE_GATEWAY_BIN:-$ROOT/target/release/stockade-gateway}
@@ -164,33 +169,48 @@ BRIDGE=$(measure "kernel bridge")
 BRIDGE_TCP=$(measure_tcp "kernel bridge")
 ip -n "${P}mid" link del dev br0
 
-# The userspace plane, with each frame I/O.
+# The gateway: the userspace plane with each frame I/O, then the nftables plane.
 declare -A GW GWTCP
-for IO in batched ring pnet; do
+NFT_NF4="-" NFT_NF6="-"
+for IO in $PLANES; do
     rm -f "$WORK/ctl.sock"
-    ip netns exec "${P}mid" "$BIN" run --rules "$WORK/rules.yaml" --outside a --inside b --io $IO \
+    if [ "$IO" = nft ]; then
+        # The kernel plane refuses to start without br_netfilter's hooks (see nft/mod.rs).
+        ip netns exec "${P}mid" sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
+        NFT_NF4=$(ip netns exec "${P}mid" cat /proc/sys/net/bridge/bridge-nf-call-iptables)
+        NFT_NF6=$(ip netns exec "${P}mid" cat /proc/sys/net/bridge/bridge-nf-call-ip6tables)
+        PLANE_ARGS=(--dataplane nftables)
+        LABEL="nftables"
+    else
+        PLANE_ARGS=(--io "$IO")
+        LABEL="userspace ($IO)"
+    fi
+    ip netns exec "${P}mid" "$BIN" run --rules "$WORK/rules.yaml" --outside a --inside b "${PLANE_ARGS[@]}" \
         --metrics 127.0.0.1:9108 --ctl "$WORK/ctl.sock" 2>"$WORK/gw-$IO.log" &
     GW_PID=$!
     for _ in $(seq 50); do [ -S "$WORK/ctl.sock" ] && break; sleep 0.1; done
     sleep 1
-    GW[$IO]=$(measure "stockade-gateway userspace ($IO)")
-    GWTCP[$IO]=$(measure_tcp "stockade-gateway userspace ($IO)")
+    kill -0 "$GW_PID" || { cat "$WORK/gw-$IO.log" >&2; exit 1; }
+    GW[$IO]=$(measure "stockade-gateway $LABEL")
+    GWTCP[$IO]=$(measure_tcp "stockade-gateway $LABEL")
     METRICS=$(ip netns exec "${P}mid" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9108; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' |
-        grep -E '^stockade_gateway_(drops_total\{reason="(no_rule|checksum|invalid_state|malformed)"|decision_seconds_(sum|count))' || true)
+        grep -E '^stockade_gateway_(drops_total\{reason="(no_rule|checksum|invalid_state|malformed|kernel_other)"|decision_seconds_(sum|count))' || true)
     echo "$IO: $(echo "$METRICS" | tr '\n' ' ')" >&2
     kill "$GW_PID"; wait "$GW_PID" || true; GW_PID=""
 done
 
 echo
 echo "64-byte UDP, one flow, trafgen on CPU 0, rx over ${SECS} s, median of ${RUNS}; receiver: $SINK"
-echo "bridge-nf-call-iptables=$NF4 bridge-nf-call-ip6tables=$NF6 (in the bridge's namespace)"
+echo "bridge-nf-call-iptables=$NF4 bridge-nf-call-ip6tables=$NF6 (baseline bridge and userspace runs, in the bridge's namespace)"
+echo "bridge-nf-call-iptables=$NFT_NF4 bridge-nf-call-ip6tables=$NFT_NF6 (nftables plane run)"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "kernel bridge:                       $BRIDGE pps"
-for IO in batched ring pnet; do
+for IO in $PLANES; do
     awk -v io="$IO" -v g="${GW[$IO]}" -v b="$BRIDGE" \
         'BEGIN { printf "stockade-gateway (%-7s):          %d pps = %.2fx of the bridge\n", io, g, (b > 0 ? g / b : 0) }'
 done
 echo "TCP (iperf3, ${SECS} s, median of ${TCP_RUNS}): kernel bridge ${BRIDGE_TCP} Mbit/s"
-for IO in batched ring pnet; do
+for IO in $PLANES; do
     awk -v io="$IO" -v g="${GWTCP[$IO]}" -v b="$BRIDGE_TCP" \
         'BEGIN { printf "TCP stockade-gateway (%-7s):      %d Mbit/s = %.2fx of the bridge\n", io, g, (b > 0 ? g / b : 0) }'
 done

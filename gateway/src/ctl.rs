@@ -1,6 +1,10 @@
 //! The control socket: `stockade-gateway conntrack list|flush [--src CIDR]` talks to the running
 //! gateway through a root-only Unix socket (mode 0600, and every peer's uid is checked), never
 //! over the network. Protocol: one JSON request per line, one JSON response per line.
+//!
+//! The socket answers from whichever connection table the running data plane keeps: the
+//! userspace plane's own table ([`Gateway`]) or the kernel's (the nftables plane,
+//! `crate::nft::KernelFlows`), both behind [`FlowTable`].
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -8,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -62,30 +67,52 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CtlError + '_ {
     }
 }
 
-/// Answers one request against the gateway's table.
-pub fn handle(gateway: &Gateway, req: &Request) -> Response {
+/// The connection table the control socket lists and flushes. Errors are reported to the
+/// client as they are.
+pub trait FlowTable: Send + Sync {
+    /// Every tracked flow of the gateway, one JSON object each.
+    fn list(&self) -> Result<Vec<serde_json::Value>, String>;
+    /// Removes the flows opened from `src` (all of the gateway's flows without it); returns
+    /// how many were removed.
+    fn flush(&self, src: Option<IpNet>) -> Result<usize, String>;
+}
+
+/// The userspace plane's table.
+impl FlowTable for Gateway {
+    fn list(&self) -> Result<Vec<serde_json::Value>, String> {
+        let flows: Vec<FlowInfo> = self.engine().table.list();
+        flows
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+    }
+
+    fn flush(&self, src: Option<IpNet>) -> Result<usize, String> {
+        let mut e = self.engine();
+        let n = e.table.flush(src);
+        self.metrics.conntrack_entries.set(e.table.len() as i64);
+        Ok(n)
+    }
+}
+
+/// Answers one request against `table`.
+pub fn handle(table: &dyn FlowTable, req: &Request) -> Response {
     match req {
-        Request::List => {
-            let flows: Vec<FlowInfo> = gateway.engine().table.list();
-            match flows
-                .iter()
-                .map(serde_json::to_value)
-                .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(v) => Response::Flows(v),
-                Err(e) => Response::Error(e.to_string()),
+        Request::List => match table.list() {
+            Ok(v) => Response::Flows(v),
+            Err(e) => Response::Error(e),
+        },
+        Request::Flush { src } => match table.flush(src.map(|c| c.0)) {
+            Ok(n) => {
+                info!(src = ?src.map(|s| s.0.to_string()), flushed = n, "conntrack flush");
+                Response::Flushed(n)
             }
-        }
-        Request::Flush { src } => {
-            let n = {
-                let mut e = gateway.engine();
-                let n = e.table.flush(src.map(|c| c.0));
-                gateway.metrics.conntrack_entries.set(e.table.len() as i64);
-                n
-            };
-            info!(src = ?src.map(|s| s.0.to_string()), flushed = n, "conntrack flush");
-            Response::Flushed(n)
-        }
+            Err(e) => {
+                warn!(src = ?src.map(|s| s.0.to_string()), error = %e, "conntrack flush failed");
+                Response::Error(e)
+            }
+        },
     }
 }
 
@@ -120,7 +147,7 @@ impl CtlServer {
     }
 
     /// Serves requests until the future is dropped.
-    pub async fn serve(self, gateway: Arc<Gateway>) {
+    pub async fn serve(self, table: Arc<dyn FlowTable>) {
         loop {
             let (stream, _) = match self.listener.accept().await {
                 Ok(c) => c,
@@ -130,9 +157,9 @@ impl CtlServer {
                     continue;
                 }
             };
-            let gw = gateway.clone();
+            let table = table.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve_conn(stream, gw).await {
+                if let Err(e) = serve_conn(stream, table).await {
                     warn!(error = %e, "control connection");
                 }
             });
@@ -146,7 +173,7 @@ impl Drop for CtlServer {
     }
 }
 
-async fn serve_conn(stream: UnixStream, gateway: Arc<Gateway>) -> std::io::Result<()> {
+async fn serve_conn(stream: UnixStream, table: Arc<dyn FlowTable>) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (rd, mut wr) = stream.into_split();
     if uid != 0 {
@@ -160,8 +187,8 @@ async fn serve_conn(stream: UnixStream, gateway: Arc<Gateway>) -> std::io::Resul
     while let Some(line) = lines.next_line().await? {
         let resp = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
-                let gw = gateway.clone();
-                tokio::task::spawn_blocking(move || handle(&gw, &req))
+                let table = table.clone();
+                tokio::task::spawn_blocking(move || handle(&*table, &req))
                     .await
                     .unwrap_or_else(|e| Response::Error(e.to_string()))
             }

@@ -207,6 +207,8 @@ fn run(args: RunArgs) -> Result<()> {
         // A kernel plane reports its own table size and counters (read before each scrape);
         // the userspace table's housekeeping does not apply to it.
         let mut kernel_refresh: Option<metrics::Refresh> = None;
+        // The control socket answers from the table the plane keeps.
+        let mut flow_table: Arc<dyn ctl::FlowTable> = gateway.clone();
         let mut plane: Box<dyn DataPlane> = match args.dataplane {
             PlaneKind::Userspace => {
                 let mut plane = UserspacePlane::new(&args.outside, &args.inside).with_io(args.io);
@@ -221,6 +223,7 @@ fn run(args: RunArgs) -> Result<()> {
                     plane = plane.without_port_setup();
                 }
                 kernel_refresh = Some(plane.metrics_refresher());
+                flow_table = plane.flow_table();
                 Box::new(plane)
             }
         };
@@ -255,7 +258,7 @@ fn run(args: RunArgs) -> Result<()> {
                 let _ = metrics_stop.changed().await;
             },
         ));
-        let ctl_task = tokio::spawn(ctl_server.serve(gateway.clone()));
+        let ctl_task = tokio::spawn(ctl_server.serve(flow_table));
         info!(metrics = %metrics_addr, ctl = %args.ctl.display(), "stockade-gateway running");
 
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -273,6 +273,66 @@ fn nft_plane_behaves_like_firewall45() {
         "one_way drops are counted under the push rule"
     );
 
+    // 4b. `conntrack list|flush` through the control socket read and change the kernel's table:
+    //     the service's pooled flow and the push are listed with their rules; flushing the
+    //     stock server's flows deletes the push entry and leaves the service's.
+    let ctl = lab.ctl.to_str().unwrap().to_string();
+    let list = |lab: &Lab| -> Vec<serde_json::Value> {
+        let out = lab.gateway_cli(&["conntrack", "list", "--ctl", &ctl]);
+        assert!(
+            out.status.success(),
+            "conntrack list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let is_flow = |f: &serde_json::Value, src: &str, dport: u16, rule: &str| {
+        f["src"] == src && f["dst_port"] == dport && f["rule_name"] == rule && f["proto"] == "tcp"
+    };
+    let flows = list(&lab);
+    assert!(
+        flows
+            .iter()
+            .any(|f| is_flow(f, "198.51.100.110", STOCK_API, "service_to_stock")),
+        "the service's flow must be listed: {flows:?}"
+    );
+    assert!(
+        flows
+            .iter()
+            .any(|f| is_flow(f, "198.51.100.50", PUSH, "push")),
+        "the push must be listed: {flows:?}"
+    );
+    let flush = lab.gateway_cli(&[
+        "conntrack",
+        "flush",
+        "--src",
+        "198.51.100.50/32",
+        "--ctl",
+        &ctl,
+    ]);
+    let flush_out = String::from_utf8_lossy(&flush.stdout).into_owned();
+    assert!(
+        flush.status.success()
+            && flush_out.starts_with("flushed ")
+            && !flush_out.contains("flushed 0"),
+        "flush: {flush_out}{}",
+        String::from_utf8_lossy(&flush.stderr)
+    );
+    let flows = list(&lab);
+    assert!(
+        !flows.iter().any(|f| f["src"] == "198.51.100.50"),
+        "the stock server's flows must be gone from the kernel table: {flows:?}"
+    );
+    assert!(
+        flows
+            .iter()
+            .any(|f| is_flow(f, "198.51.100.110", STOCK_API, "service_to_stock")),
+        "flush --src must leave other flows: {flows:?}"
+    );
+
     // 5. An invalid edit is refused and the old rules stay.
     write_rules(
         &lab.rules,

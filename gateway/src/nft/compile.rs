@@ -125,6 +125,14 @@ impl RuleIds {
         }
     }
 
+    /// The rule name that carries `id`, if any.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.ids
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(k, _)| k.as_str())
+    }
+
     /// Ids for every rule of `rules`, in rule order (assigning new ones as needed).
     pub fn assign(&mut self, rules: &Ruleset) -> Vec<u32> {
         rules

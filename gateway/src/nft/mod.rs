@@ -38,6 +38,9 @@
 //!   `stockade_gateway_flows_revoked_total`, entries admitted by another rule get its id. Between
 //!   the commit and the end of that pass (milliseconds) an established flow of a narrowed rule
 //!   still passes; a flow whose rule was removed is dropped at once (its id has no chain).
+//! * **`conntrack list|flush`** on the control socket read the kernel's table through the same
+//!   conntrack netlink socket ([`KernelFlows`]): only entries carrying one of our rule ids in
+//!   their mark are listed (with the rule's name) or deleted.
 //! * **Counters**: every rule and every drop reason has a named nft counter, read back through
 //!   nft's JSON (`nft -j list counters`). A reload keeps the counters of rules that stay; a table
 //!   that is replaced starts its counters at 0, so the exporter adds increments and treats a
@@ -58,16 +61,19 @@ pub mod ctnl;
 pub mod exporter;
 pub mod host;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use ipnet::IpNet;
 use nftables::schema::Nftables;
 use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::core::Direction;
+use crate::ctl::FlowTable;
 use crate::dataplane::{ports, DataPlane, DataPlaneError, Gateway};
 use crate::rules::{self, FlowQuery, RuleAction, RulesFile, Ruleset};
 
@@ -233,6 +239,110 @@ pub fn revoke(rules: &Ruleset, ids: &[u32]) -> Result<Revocation, NftError> {
     Ok(r)
 }
 
+/// One kernel conntrack entry of ours as `conntrack list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelFlow {
+    /// Protocol name.
+    pub proto: &'static str,
+    /// Originator address and port (the echo id for ICMP).
+    pub src: IpAddr,
+    pub src_port: u16,
+    /// Responder address and port.
+    pub dst: IpAddr,
+    pub dst_port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    /// The admitting rule's name (empty if its id is no longer known).
+    pub rule_name: String,
+    /// The conntrack mark (the rule id in its low 16 bits).
+    pub mark: u32,
+}
+
+/// The kernel's connection table as the control socket sees it: only entries whose conntrack
+/// mark carries one of the gateway's rule ids (the gateway's own management connections, and
+/// anything else in the namespace, are neither listed nor flushed).
+pub struct KernelFlows {
+    state: Arc<Mutex<State>>,
+}
+
+impl KernelFlows {
+    fn ours() -> Result<(ctnl::Conntrack, Vec<ctnl::CtEntry>), NftError> {
+        let mut ct = ctnl::Conntrack::open()?;
+        let entries = ct
+            .dump()?
+            .into_iter()
+            .filter(|e| e.mark & compile::CT_ID_MASK != 0)
+            .collect();
+        Ok((ct, entries))
+    }
+
+    /// Our entries, with their rule names.
+    pub fn list_flows(&self) -> Result<Vec<KernelFlow>, NftError> {
+        let (_, entries) = Self::ours()?;
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(entries
+            .into_iter()
+            .map(|e| KernelFlow {
+                proto: crate::packet::proto::name(e.proto),
+                src: e.src,
+                src_port: e.src_port,
+                dst: e.dst,
+                dst_port: e.dst_port,
+                icmp_type: e.icmp_type,
+                rule_name: st
+                    .ids
+                    .name(e.mark & compile::CT_ID_MASK)
+                    .unwrap_or_default()
+                    .to_string(),
+                mark: e.mark,
+            })
+            .collect())
+    }
+
+    /// Deletes our entries opened from `src` (all of ours without it); returns how many the
+    /// kernel deleted (an entry that expired meanwhile is not counted).
+    pub fn flush_flows(&self, src: Option<IpNet>) -> Result<usize, NftError> {
+        let (mut ct, entries) = Self::ours()?;
+        let mut n = 0;
+        for e in entries
+            .iter()
+            .filter(|e| src.is_none_or(|net| net.contains(&e.src)))
+        {
+            if ct.delete(e)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl FlowTable for KernelFlows {
+    fn list(&self) -> Result<Vec<serde_json::Value>, String> {
+        let flows = self.list_flows().map_err(|e| e.to_string())?;
+        flows
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+    }
+
+    fn flush(&self, src: Option<IpNet>) -> Result<usize, String> {
+        let n = self.flush_flows(src).map_err(|e| e.to_string())?;
+        // Bring the gauge up to date now rather than at the next scrape.
+        if let (Some(gw), Some(count)) = (
+            self.state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .gateway
+                .clone(),
+            host::conntrack_count(),
+        ) {
+            gw.metrics.conntrack_entries.set(count);
+        }
+        Ok(n)
+    }
+}
+
 struct State {
     gateway: Option<Arc<Gateway>>,
     ids: RuleIds,
@@ -289,6 +399,13 @@ impl NftPlane {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The control socket's view of the kernel's connection table (`conntrack list|flush`).
+    pub fn flow_table(&self) -> Arc<dyn FlowTable> {
+        Arc::new(KernelFlows {
+            state: self.state.clone(),
+        })
     }
 
     /// A handle that brings the metrics up to date from the kernel (named counters, conntrack
