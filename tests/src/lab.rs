@@ -283,7 +283,10 @@ impl Lab {
             &[],
             Duration::from_secs(30),
         );
-        ok(&out, &format!("GET https://{stock}:9443/metrics from the monitor"))
+        ok(
+            &out,
+            &format!("GET https://{stock}:9443/metrics from the monitor"),
+        )
     }
 
     pub fn prometheus_url(&self) -> String {

@@ -70,8 +70,7 @@ fn prometheus_config_is_the_one_the_lab_template_renders() {
         "stockade-lab vagrant-files",
     );
     let monitor = out.join("monitor/root");
-    let rendered =
-        std::fs::read_to_string(monitor.join("etc/prometheus/prometheus.yml")).unwrap();
+    let rendered = std::fs::read_to_string(monitor.join("etc/prometheus/prometheus.yml")).unwrap();
     let rendered_alerts =
         std::fs::read_to_string(monitor.join("etc/prometheus/stockade-alerts.yml")).unwrap();
     let ours = monitoring().join("prometheus.yml");
@@ -169,7 +168,11 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
         }
     }
     // What the issue asks the dashboard to show.
-    let all: String = exprs.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("\n");
+    let all: String = exprs
+        .iter()
+        .map(|(_, e)| e.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     for want in [
         r#"stockade_gateway_packets_total{action="forward"}"#,
         r#"stockade_gateway_packets_total{action="drop"}"#,
@@ -191,7 +194,10 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
         }
     }
     let alerts = std::fs::read_to_string(monitoring().join("alerts.yml")).unwrap();
-    for line in alerts.lines().filter(|l| l.trim_start().starts_with("expr:")) {
+    for line in alerts
+        .lines()
+        .filter(|l| l.trim_start().starts_with("expr:"))
+    {
         for m in metric_names_in(line) {
             assert!(
                 exported.contains(&m),

@@ -87,10 +87,7 @@ fn main() {
         stockade_tests::lab::is_root(),
         "run as root (the lab creates network namespaces)"
     );
-    println!(
-        "binaries: {}",
-        stockade_tests::bin_dir().display()
-    );
+    println!("binaries: {}", stockade_tests::bin_dir().display());
     for plane in &planes {
         let mut all = vec![];
         for r in 0..runs {
@@ -131,10 +128,7 @@ fn main() {
                 .iter()
                 .filter_map(|r| r.hwm_kib.get(&n).map(|k| *k as f64))
                 .collect();
-            println!(
-                "| peak RSS (VmHWM) {n} | {:.1} MiB |",
-                median(v) / 1024.0
-            );
+            println!("| peak RSS (VmHWM) {n} | {:.1} MiB |", median(v) / 1024.0);
         }
     }
 }
