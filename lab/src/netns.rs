@@ -305,10 +305,15 @@ pub fn teardown(names: &Names) -> Result<Vec<String>, LabError> {
     }
     // Deleting sw-mgmt destroys the veth pair; delete the root end too if it was left alone
     // (a crash between creating it and moving its peer).
+    // The kernel destroys a deleted namespace's devices asynchronously, so the root end may
+    // vanish between the check and the delete: only a link that is still there is an error.
     let link = names.root_link();
     if link_exists(&link) {
-        ip(&["link", "delete", "dev", &link])?;
-        removed.push(link);
+        match ip(&["link", "delete", "dev", &link]) {
+            Ok(_) => removed.push(link),
+            Err(e) if link_exists(&link) => return Err(e),
+            Err(_) => removed.push(link),
+        }
     }
     Ok(removed)
 }
