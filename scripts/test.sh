@@ -7,5 +7,6 @@ export CARGO_TERM_COLOR=never
 cargo build --workspace --bins --tests --locked
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# Each end-to-end test starts its own daemons; two at a time suit a 2-core machine.
-cargo test --workspace --locked -- --test-threads 2
+# Each end-to-end test starts its own daemons; two at a time suit a 2-core machine. Every suite
+# runs even after a failure, so one run shows every problem.
+cargo test --workspace --locked --no-fail-fast -- --test-threads 2
