@@ -441,3 +441,55 @@ pub fn jpeg(w: u32, h: u32, seed: u8) -> Vec<u8> {
     img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
     out.into_inner()
 }
+
+/// Writes `bytes` to `dir/name` and returns the path as a string (for command lines).
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_string_lossy().to_string()
+}
+
+/// Every file under `dir`, recursively (none if it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Runs `promtool check metrics` (Debian package prometheus) on a scrape; panics on failure.
+pub fn promtool(body: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}

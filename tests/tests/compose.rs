@@ -2,15 +2,8 @@
 //! claims 6, 7, 14, 15; Fig. 12): clamd, two stock servers, the service, `stockade` clients and
 //! the operator's `stockade-service template add`.
 
-use std::path::Path;
 use stockade_imaging::{synth, Fit, NormRect, Slot};
 use stockade_tests::*;
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p.to_string_lossy().to_string()
-}
 
 fn png_bytes(img: &image::GrayImage) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());

@@ -1,35 +1,10 @@
 //! Every flow of patent JP H11-73391 between the real processes: clamd, two stock servers
 //! (Fig. 12), the service and `stockade` clients, over real TLS and TCP on loopback.
 
-use std::path::Path;
 use std::time::Duration;
 use stockade_tests::*;
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p.to_string_lossy().to_string()
-}
-
 /// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 #[test]
 fn first_upload_review_store_and_push_download_61_to_87_121_to_137() {
@@ -653,28 +628,4 @@ fn metrics_pass_promtool_and_count_by_code() {
             .sum::<u64>();
     }
     assert_eq!(total, 1);
-}
-
-fn promtool(body: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) must be installed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
 }
