@@ -190,7 +190,10 @@ impl Service {
             stockade_proto::wire::TemplatePart::Template => "reduced",
             stockade_proto::wire::TemplatePart::Mask => "mask",
         };
-        let path = format!("/v1/templates/{}/{which}", encode_segment(name));
+        let path = format!(
+            "/v1/templates/{}/{which}",
+            stockade_proto::wire::path_segment(name)
+        );
         bytes(send(self.get(&path, None)).await?).await
     }
 
@@ -285,19 +288,6 @@ async fn bytes(resp: Response) -> Result<Vec<u8>> {
         .await
         .map(|b| b.to_vec())
         .map_err(|e| ClientError::Service(describe(&e)))
-}
-
-/// Percent-encodes a (validated) name for one URL path segment.
-fn encode_segment(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 async fn json<T: DeserializeOwned>(resp: Response) -> Result<T> {

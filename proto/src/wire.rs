@@ -316,6 +316,19 @@ pub struct TemplatePushResponse {
     pub file_name: String,
 }
 
+/// Percent-encodes a (validated) file name for one URL path segment of the routes above.
+pub fn path_segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Decodes a 32-byte key written in hex (service upload keys, stock push keys).
 pub fn decode_hex32(text: &str) -> Option<[u8; 32]> {
     hex::decode(text).ok().and_then(|v| v.try_into().ok())

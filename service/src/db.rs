@@ -127,15 +127,37 @@ impl Db {
     pub fn raw(&self) -> &Database {
         &self.db
     }
+
+    /// One JSON value of a module's own table (reduced images, templates).
+    pub fn get_json<T: DeserializeOwned>(
+        &self,
+        t: JsonTable,
+        key: &str,
+    ) -> Result<Option<T>, DbError> {
+        get(&self.db, t, key)
+    }
+
+    pub fn put_json<T: Serialize>(&self, t: JsonTable, key: &str, v: &T) -> Result<(), DbError> {
+        put(&self.db, t, key, v)
+    }
+
+    /// Every JSON value of a module's own table, in key order.
+    pub fn all_json<T: DeserializeOwned>(&self, t: JsonTable) -> Result<Vec<T>, DbError> {
+        all(&self.db, t)
+    }
 }
 
-fn get<T: DeserializeOwned>(
-    db: &Database,
-    t: TableDefinition<&str, &[u8]>,
-    key: &str,
-) -> Result<Option<T>, DbError> {
+/// A table of JSON values under string keys.
+pub type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
+
+fn get<T: DeserializeOwned>(db: &Database, t: JsonTable, key: &str) -> Result<Option<T>, DbError> {
     let r = db.begin_read()?;
-    let table = r.open_table(t)?;
+    let table = match r.open_table(t) {
+        Ok(table) => table,
+        // A table nothing was written to yet is empty.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     let v = table.get(key)?;
     Ok(match v {
         Some(v) => Some(serde_json::from_slice(v.value())?),
@@ -143,17 +165,27 @@ fn get<T: DeserializeOwned>(
     })
 }
 
-fn put<T: Serialize>(
-    db: &Database,
-    t: TableDefinition<&str, &[u8]>,
-    key: &str,
-    v: &T,
-) -> Result<(), DbError> {
+fn put<T: Serialize>(db: &Database, t: JsonTable, key: &str, v: &T) -> Result<(), DbError> {
     let w = db.begin_write()?;
     w.open_table(t)?
         .insert(key, serde_json::to_vec(v)?.as_slice())?;
     w.commit()?;
     Ok(())
+}
+
+fn all<T: DeserializeOwned>(db: &Database, t: JsonTable) -> Result<Vec<T>, DbError> {
+    let r = db.begin_read()?;
+    let table = match r.open_table(t) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for e in table.iter()? {
+        let (_, v) = e?;
+        out.push(serde_json::from_slice(v.value())?);
+    }
+    Ok(out)
 }
 
 impl Db {
@@ -253,14 +285,7 @@ impl Db {
     }
 
     pub fn uploads(&self) -> Result<Vec<UploadRecord>, DbError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(UPLOADS)?;
-        let mut out = Vec::new();
-        for e in t.iter()? {
-            let (_, v) = e?;
-            out.push(serde_json::from_slice(v.value())?);
-        }
-        Ok(out)
+        all(&self.db, UPLOADS)
     }
 }
 

@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use redb::{ReadableTable, TableDefinition};
+use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -91,6 +91,7 @@ macro_rules! db_err {
     ($($t:ty),*) => {$(impl From<$t> for ReducedError { fn from(e: $t) -> Self { Self::Db(e.to_string()) } })*};
 }
 db_err!(
+    crate::db::DbError,
     redb::Error,
     redb::TransactionError,
     redb::TableError,
@@ -175,10 +176,7 @@ pub fn put(svc: &Service, record: &ReducedRecord, png: &[u8]) -> Result<(), Redu
     let file = file_of(svc, &record.id);
     stockade_proto::fsutil::write_atomic(&file, png, 0o640)
         .map_err(|e| ReducedError::Io(file.display().to_string(), e))?;
-    let w = svc.db.raw().begin_write()?;
-    w.open_table(REDUCED)?
-        .insert(record.id.as_str(), serde_json::to_vec(record)?.as_slice())?;
-    w.commit()?;
+    svc.db.put_json(REDUCED, &record.id, record)?;
     Ok(())
 }
 
@@ -206,32 +204,11 @@ pub fn remove(
 }
 
 pub fn all(svc: &Service) -> Result<Vec<ReducedRecord>, ReducedError> {
-    let r = svc.db.raw().begin_read()?;
-    let t = match r.open_table(REDUCED) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = Vec::new();
-    for e in t.iter()? {
-        let (_, v) = e?;
-        out.push(serde_json::from_slice(v.value())?);
-    }
-    Ok(out)
+    Ok(svc.db.all_json(REDUCED)?)
 }
 
 pub fn get_record(svc: &Service, id: &str) -> Result<Option<ReducedRecord>, ReducedError> {
-    let r = svc.db.raw().begin_read()?;
-    let t = match r.open_table(REDUCED) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let v = t.get(id)?;
-    Ok(match v {
-        Some(v) => Some(serde_json::from_slice(v.value())?),
-        None => None,
-    })
+    Ok(svc.db.get_json(REDUCED, id)?)
 }
 
 /// Who is asking: the account of the presented server password, if any.

@@ -157,7 +157,10 @@ impl StockClients {
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
         let url = self.url(
             name,
-            &format!("/v1/accounts/{db_key}/objects/{}", encode(file_name)),
+            &format!(
+                "/v1/accounts/{db_key}/objects/{}",
+                stockade_proto::wire::path_segment(file_name)
+            ),
         )?;
         self.send(name, self.http.put(url).body(body))
             .await?
@@ -192,23 +195,13 @@ impl StockClients {
     ) -> Result<(), StockError> {
         let url = self.url(
             name,
-            &format!("/v1/accounts/{db_key}/objects/{}", encode(file_name)),
+            &format!(
+                "/v1/accounts/{db_key}/objects/{}",
+                stockade_proto::wire::path_segment(file_name)
+            ),
         )?;
         self.send::<serde_json::Value>(name, self.http.delete(url))
             .await
             .map(|_| ())
     }
-}
-
-/// Percent-encodes a (validated) file name for a URL path segment.
-fn encode(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

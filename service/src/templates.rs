@@ -80,6 +80,7 @@ macro_rules! internal {
     ($($t:ty),*) => {$(impl From<$t> for TemplateError { fn from(e: $t) -> Self { Self::Internal(e.to_string()) } })*};
 }
 internal!(
+    crate::db::DbError,
     redb::Error,
     redb::TransactionError,
     redb::TableError,
@@ -117,32 +118,11 @@ pub fn account_key(svc: &Service) -> Result<Zeroizing<[u8; 32]>, TemplateError> 
 }
 
 pub fn get(svc: &Service, name: &str) -> Result<Option<TemplateRecord>, TemplateError> {
-    let r = svc.db.raw().begin_read()?;
-    let t = match r.open_table(TEMPLATES) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let v = t.get(name)?;
-    Ok(match v {
-        Some(v) => Some(serde_json::from_slice(v.value())?),
-        None => None,
-    })
+    Ok(svc.db.get_json(TEMPLATES, name)?)
 }
 
 pub fn all(svc: &Service) -> Result<Vec<TemplateRecord>, TemplateError> {
-    let r = svc.db.raw().begin_read()?;
-    let t = match r.open_table(TEMPLATES) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = Vec::new();
-    for e in t.iter()? {
-        let (_, v) = e?;
-        out.push(serde_json::from_slice(v.value())?);
-    }
-    Ok(out)
+    Ok(svc.db.all_json(TEMPLATES)?)
 }
 
 fn account_on(svc: &Service, stock: &str) -> Result<Option<String>, TemplateError> {
