@@ -378,6 +378,48 @@ fn nft_plane_behaves_like_firewall45() {
         connect_gets_nothing(SocketAddr::new(STOCK4.into(), STOCK_API))
     });
 
+    // 6b. An allowlist edit (set contents only) goes over nf_tables netlink, not nft: restore
+    //     the service's rule (a rule edit: nft's diff), pool a connection, then move the
+    //     service set to another address. The pooled flow is revoked, new ones stop, and
+    //     putting the address back brings them back.
+    let svc_rules = rules_yaml(stock_ll, true).replace(
+        "    comment: the service server may",
+        "    unpinned_reason: the test moves the service set to an unpinned prefix\n    \
+         comment: the service server may",
+    );
+    let moved = svc_rules.replace("service: [198.51.100.110,", "service: [198.51.100.112/30,");
+    assert_ne!(moved, svc_rules);
+    write_rules(&lab.rules, &svc_rules);
+    lab.wait_metrics("reload ok", Duration::from_secs(5), |m| {
+        m.reloads("ok") >= 2.0
+    });
+    let mut pooled = service_connects(&lab);
+    let revoked = lab.metrics().get("stockade_gateway_flows_revoked_total");
+    write_rules(&lab.rules, &moved);
+    let m = lab.wait_metrics("reload ok", Duration::from_secs(5), |m| {
+        m.reloads("ok") >= 3.0
+    });
+    assert!(m.get("stockade_gateway_flows_revoked_total") > revoked);
+    assert!(
+        lab.gateway_log().contains("netlink set elements"),
+        "an allowlist edit must take the netlink path:\n{}",
+        lab.gateway_log()
+    );
+    pooled.set_read_timeout(Some(NOTHING_BACK)).unwrap();
+    let _ = pooled.write_all(b"hello stock\n");
+    assert!(
+        pooled.read_exact(&mut buf).is_err(),
+        "a revoked pooled connection must not get answers"
+    );
+    run_in(&ns_svc, || {
+        connect_gets_nothing(SocketAddr::new(STOCK4.into(), STOCK_API))
+    });
+    write_rules(&lab.rules, &svc_rules);
+    lab.wait_metrics("reload ok", Duration::from_secs(5), |m| {
+        m.reloads("ok") >= 4.0
+    });
+    service_connects(&lab);
+
     // 7. The exposition passes promtool and carries no addresses.
     let raw = lab.try_metrics().unwrap();
     let file = lab.dir.path().join("metrics.txt");

@@ -1,4 +1,4 @@
-//! Preparing the two bridge ports (documented in gateway/README.md, "Port preparation").
+//! Preparing the two bridge ports (documented in README.md, "Port preparation").
 //!
 //! A gateway port is a wire, not a host: it carries no address (or the gateway would answer
 //! ARP and send its own IPv6 NS/RS/MLD onto the data path), it receives every frame

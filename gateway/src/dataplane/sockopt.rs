@@ -54,14 +54,15 @@ pub fn get_int_option(
     Ok(value)
 }
 
-fn set_int_option(
-    fd: &OwnedFd,
+/// Sets an integer socket option.
+pub fn set_int_option(
+    fd: &impl AsRawFd,
     level: libc::c_int,
     name: libc::c_int,
     value: libc::c_int,
 ) -> io::Result<()> {
     // SAFETY: the option value points to a live c_int and its exact size is passed; the
-    // descriptor is borrowed from an OwnedFd and stays open for the call.
+    // descriptor is borrowed and stays open for the call.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),

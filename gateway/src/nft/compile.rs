@@ -35,14 +35,15 @@ use nftables::expr::{
     Prefix, Range, SetItem, Verdict, CT,
 };
 use nftables::schema::{
-    Chain, Counter as CounterObj, Element, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set,
-    SetFlag, SetType, SetTypeValue, Table,
+    Chain, Counter as CounterObj, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag,
+    SetType, SetTypeValue, Table,
 };
 use nftables::stmt::{
     CTCount, Counter, JumpTarget, Mangle, Match, Operator, Statement, VerdictMap,
 };
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
+use super::setnl::{Family, Key, SetDelta};
 use crate::core::{Action, Direction, DropReason};
 use crate::rules::{Policy, Protocol, RuleAction, RulesFile, Ruleset};
 
@@ -205,6 +206,26 @@ struct SetDef {
     elems: BTreeSet<Elem>,
 }
 
+impl SetDef {
+    /// The set's elements as keys the netlink path encodes ([`super::setnl`]), or None if some
+    /// element is left to nft: MAC pins (concatenations, few) and intervals starting at the
+    /// zero address (nft manages a marker element there).
+    fn netlink_keys<'a>(&self, elems: impl Iterator<Item = &'a Elem>) -> Option<Vec<Key>> {
+        elems
+            .map(|e| match (e, self.interval) {
+                (Elem::Net(n), true) => Some(Key::Prefix(*n)).filter(|k| !k.starts_at_zero()),
+                (Elem::Addr(a), false) => Some(Key::Addr(*a)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether every element can be loaded over netlink (and the set is worth it).
+    fn filled_by_netlink(&self) -> bool {
+        !self.elems.is_empty() && self.netlink_keys(self.elems.iter()).is_some()
+    }
+}
+
 /// Hook, priority and policy of a base chain.
 type BaseChain = (NfHook, i32, NfChainPolicy);
 
@@ -285,14 +306,6 @@ impl TablePlan {
             comment: None,
         }
     }
-    fn elements(&self, set: &str, elems: Vec<Expression<'static>>) -> NfListObject<'static> {
-        NfListObject::Element(Element {
-            family: self.family,
-            table: TABLE.into(),
-            name: set.to_string().into(),
-            elem: elems.into(),
-        })
-    }
     fn counter_obj(&self, name: &str) -> NfListObject<'static> {
         NfListObject::Counter(CounterObj {
             family: self.family,
@@ -304,15 +317,70 @@ impl TablePlan {
         })
     }
 
-    /// Everything after the table itself: counters, sets, chains, rules.
-    fn add_contents(&self, b: &mut Batch<'static>) {
+    /// Everything after the table itself: counters, sets, chains, rules. With `skeleton`, the
+    /// sets that [`TablePlan::fill`] loads over netlink are created empty.
+    fn add_contents(&self, b: &mut Batch<'static>, skeleton: bool) {
         for c in &self.counters {
             b.add(self.counter_obj(c));
         }
         for (name, def) in &self.sets {
-            b.add(NfListObject::Set(Box::new(self.set_obj(name, def, true))));
+            let with_elems = !(skeleton && def.filled_by_netlink());
+            b.add(NfListObject::Set(Box::new(
+                self.set_obj(name, def, with_elems),
+            )));
         }
         self.add_chains_and_rules(b);
+    }
+
+    fn netlink_family(&self) -> Family {
+        match self.family {
+            NfFamily::Bridge => Family::Bridge,
+            _ => Family::Inet,
+        }
+    }
+
+    /// The elements a skeleton left out (see [`TablePlan::add_contents`]).
+    fn fill(&self) -> Vec<SetDelta> {
+        self.sets
+            .iter()
+            .filter(|(_, def)| def.filled_by_netlink())
+            .map(|(name, def)| SetDelta {
+                family: self.netlink_family(),
+                set: name.clone(),
+                delete: Vec::new(),
+                add: def.netlink_keys(def.elems.iter()).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// If `self` differs from `old` in set elements only, and all of those go over netlink,
+    /// the element changes per set.
+    fn element_deltas(&self, old: &TablePlan) -> Option<Vec<SetDelta>> {
+        if self.family != old.family
+            || self.chains != old.chains
+            || self.rules != old.rules
+            || self.counters != old.counters
+            || self.sets.len() != old.sets.len()
+        {
+            return None;
+        }
+        let mut out = Vec::new();
+        for ((name, new), (old_name, old_def)) in self.sets.iter().zip(&old.sets) {
+            if name != old_name || new.ty != old_def.ty || new.interval != old_def.interval {
+                return None;
+            }
+            let delete = new.netlink_keys(old_def.elems.difference(&new.elems))?;
+            let add = new.netlink_keys(new.elems.difference(&old_def.elems))?;
+            if !delete.is_empty() || !add.is_empty() {
+                out.push(SetDelta {
+                    family: self.netlink_family(),
+                    set: name.clone(),
+                    delete,
+                    add,
+                });
+            }
+        }
+        Some(out)
     }
 
     fn add_chains_and_rules(&self, b: &mut Batch<'static>) {
@@ -334,17 +402,17 @@ impl TablePlan {
 
     /// Deletes our table whether or not it exists (add + delete in the same transaction is
     /// nft's idiom for that: `add table` of an existing table is a no-op).
-    fn replace_table(&self, b: &mut Batch<'static>) {
+    fn replace_table(&self, b: &mut Batch<'static>, skeleton: bool) {
         b.add(self.table_obj());
         b.delete(self.table_obj());
         b.add(self.table_obj());
-        self.add_contents(b);
+        self.add_contents(b, skeleton);
     }
 
     /// Turns `old` (as installed) into `self` within the same transaction: all rules are
     /// flushed and re-added (rules are few), chains/sets/counters no longer used are deleted,
-    /// sets that exist in both are changed element by element, counters that exist in both are
-    /// kept (so their values continue).
+    /// sets whose contents changed are replaced, counters that exist in both are kept (so their
+    /// values continue). (When only set contents change, [`Compiled::element_diff`] is faster.)
     fn diff_into(&self, old: &TablePlan, b: &mut Batch<'static>) {
         b.add_cmd(NfCmd::Flush(FlushObject::Table(Table {
             family: self.family,
@@ -357,16 +425,12 @@ impl TablePlan {
                 b.delete(NfListObject::Chain(old.chain_obj(name, *base)));
             }
         }
+        // A set whose contents changed is replaced whole: nft 1.0.6 reads an interval set back
+        // before it adds or deletes elements, which for 100k prefixes took minutes here, while
+        // loading a new one takes under a second. (The rules that use it were flushed above.)
         for (name, def) in &old.sets {
-            match self.sets.get(name) {
-                Some(new) if new.ty == def.ty && new.interval == def.interval => {
-                    let gone: Vec<Expression<'static>> =
-                        def.elems.difference(&new.elems).map(Elem::expr).collect();
-                    if !gone.is_empty() {
-                        b.delete(self.elements(name, gone));
-                    }
-                }
-                _ => b.delete(NfListObject::Set(Box::new(old.set_obj(name, def, false)))),
+            if self.sets.get(name) != Some(def) {
+                b.delete(NfListObject::Set(Box::new(old.set_obj(name, def, false))));
             }
         }
         for c in old.counters.difference(&self.counters) {
@@ -376,15 +440,8 @@ impl TablePlan {
             b.add(self.counter_obj(c));
         }
         for (name, def) in &self.sets {
-            match old.sets.get(name) {
-                Some(o) if o.ty == def.ty && o.interval == def.interval => {
-                    let added: Vec<Expression<'static>> =
-                        def.elems.difference(&o.elems).map(Elem::expr).collect();
-                    if !added.is_empty() {
-                        b.add(self.elements(name, added));
-                    }
-                }
-                _ => b.add(NfListObject::Set(Box::new(self.set_obj(name, def, true)))),
+            if old.sets.get(name) != Some(def) {
+                b.add(NfListObject::Set(Box::new(self.set_obj(name, def, true))));
             }
         }
         self.add_chains_and_rules(b);
@@ -1130,7 +1187,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
         inet.rule(ch, vec![ct_state(&["invalid"]), ko, drop_()]);
         // IPv6 neighbour discovery (untracked by conntrack): only from known addresses or `::`.
         // (The userspace plane also checks the target address; nft 1.0.6 cannot match the ND
-        // target field, see gateway/README.md.)
+        // target field, see README.md, "The nftables plane".)
         let au = reason_stmt(&mut inet, cm, side, DropReason::ArpUnknown);
         inet.rule(
             ch,
@@ -1327,9 +1384,41 @@ impl Compiled {
     /// (e.g. left by a crashed gateway, which kept enforcing until this moment).
     pub fn full_batch(&self) -> Nftables<'static> {
         let mut b = Batch::new();
-        self.inet.replace_table(&mut b);
-        self.bridge.replace_table(&mut b);
+        self.inet.replace_table(&mut b, false);
+        self.bridge.replace_table(&mut b, false);
         b.to_nftables()
+    }
+
+    /// [`Compiled::full_batch`] with the large sets created empty, for a start with no
+    /// ruleset of ours in force and the ports not yet in the bridge; [`Compiled::fill`] then
+    /// loads their elements over netlink (nft takes seconds for 100k prefixes, the kernel a
+    /// fraction of that). Nothing can cross in between: no frame reaches the tables before
+    /// the ports join the bridge.
+    pub fn skeleton_batch(&self) -> Nftables<'static> {
+        let mut b = Batch::new();
+        self.inet.replace_table(&mut b, true);
+        self.bridge.replace_table(&mut b, true);
+        b.to_nftables()
+    }
+
+    /// The elements [`Compiled::skeleton_batch`] left out, for [`super::setnl::apply`].
+    pub fn fill(&self) -> Vec<SetDelta> {
+        let mut out = self.inet.fill();
+        out.extend(self.bridge.fill());
+        out
+    }
+
+    /// If `self` differs from the installed `old` only in the elements of its sets (an
+    /// allowlist edit), those changes as one netlink transaction's worth ([`super::setnl::apply`]);
+    /// None when chains, rules, counters or set definitions differ, which takes
+    /// [`Compiled::diff_batch`].
+    pub fn element_diff(&self, old: &Compiled) -> Option<Vec<SetDelta>> {
+        if self.counters != old.counters || self.rule_ids != old.rule_ids {
+            return None;
+        }
+        let mut out = self.inet.element_deltas(&old.inet)?;
+        out.extend(self.bridge.element_deltas(&old.bridge)?);
+        Some(out)
     }
 
     /// One transaction that turns the installed `old` into `self`: large sets change by

@@ -122,17 +122,70 @@ fn diff_changes_only_set_elements_and_keeps_counters() {
     );
     let (f2, r2) = compile_str(&edited, "b").unwrap();
     let new = compile(&f2, &r2, &ids.assign(&r2), &PortNames::default());
-    let j = json(&new.diff_batch(&old));
-    assert!(j.contains("\"delete\":{\"element\""), "{j}");
+
+    // Only set contents changed: the netlink path takes it, element by element.
     // .110 and .111 were aggregated to .110/31; now the /31 goes and .110 alone comes.
-    assert!(
-        j.contains("\"prefix\":{\"addr\":\"198.51.100.110\",\"len\":31}"),
-        "{j}"
-    );
+    let deltas = new.element_diff(&old).expect("only elements changed");
+    let p = |s: &str| Key::Prefix(s.parse().unwrap());
+    let service = deltas
+        .iter()
+        .find(|d| d.set == "set_service_v4")
+        .expect("the service set changed");
+    assert_eq!(service.delete, [p("198.51.100.110/31")]);
+    assert_eq!(service.add, [p("198.51.100.110/32")]);
+    assert!(deltas
+        .iter()
+        .all(|d| d.family == Family::Inet || d.set == "known4"));
+
+    // nft's diff (used when rules change too) replaces the changed sets whole and keeps
+    // every counter.
+    let j = json(&new.diff_batch(&old));
+    assert!(j.contains("\"delete\":{\"set\""), "{j}");
     assert!(!j.contains("\"delete\":{\"counter\""), "{j}");
     assert!(!j.contains("\"delete\":{\"table\""), "{j}");
     // Re-applying the same rules changes no set at all.
     let same = compile(&f2, &r2, &ids.assign(&r2), &PortNames::default());
+    assert_eq!(same.element_diff(&new), Some(vec![]));
     let j = json(&same.diff_batch(&new));
-    assert!(!j.contains("\"element\""), "{j}");
+    assert!(!j.contains("\"set\":{"), "{j}");
+}
+
+#[test]
+fn rule_edits_are_not_element_diffs() {
+    let (f1, r1) = compile_str(LAB, "a").unwrap();
+    let mut ids = RuleIds::new();
+    let old = compile(&f1, &r1, &ids.assign(&r1), &PortNames::default());
+    let edited = LAB.replace("dst_ports: [7443]", "dst_ports: [7443, 7444]");
+    let (f2, r2) = compile_str(&edited, "b").unwrap();
+    let new = compile(&f2, &r2, &ids.assign(&r2), &PortNames::default());
+    assert_eq!(new.element_diff(&old), None);
+    // A pin changes a concatenated set (left to nft).
+    let edited = LAB.replace("02:00:c6:33:64:6f", "02:00:c6:33:64:70");
+    let (f3, r3) = compile_str(&edited, "c").unwrap();
+    let pinned = compile(&f3, &r3, &ids.assign(&r3), &PortNames::default());
+    assert_eq!(pinned.element_diff(&old), None);
+}
+
+#[test]
+fn skeleton_leaves_address_sets_to_netlink() {
+    let c = lab();
+    let fill = c.fill();
+    let names: Vec<&str> = fill.iter().map(|d| d.set.as_str()).collect();
+    assert!(
+        names.contains(&"set_service_v4") && names.contains(&"known4"),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.starts_with("pins")), "{names:?}");
+    assert!(fill
+        .iter()
+        .all(|d| d.delete.is_empty() && !d.add.is_empty()));
+    let j = json(&c.skeleton_batch());
+    assert!(
+        !j.contains("198.51.100.220"),
+        "address sets are empty in the skeleton"
+    );
+    assert!(
+        j.contains("02:00:c6:33:64:6e"),
+        "pins stay in the nft batch"
+    );
 }
