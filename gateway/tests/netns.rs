@@ -487,3 +487,48 @@ fn firewall45_end_to_end(io: &'static str) {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Stopping a plane switches promiscuous mode off again only on a port that `prepare` switched
+/// it on for (an operator's capture on the port keeps its promiscuous mode).
+#[test]
+fn port_release_restores_promiscuous_mode() {
+    if !is_root() {
+        eprintln!("port_release_restores_promiscuous_mode: SKIPPED, needs root");
+        return;
+    }
+    let scratch = ScratchNs::new("p");
+    let ns = scratch.0.clone();
+    for (dev, promisc) in [("pa", "on"), ("pb", "off")] {
+        let peer = format!("{dev}-peer");
+        sh(&[
+            "ip", "-n", &ns, "link", "add", dev, "type", "veth", "peer", "name", &peer,
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", dev, "promisc", promisc]);
+    }
+    let flags = run_in(&ns, || {
+        let promisc = |dev: &str| {
+            pnet_datalink::interfaces()
+                .into_iter()
+                .find(|i| i.name == dev)
+                .map(|i| u64::from(i.flags) & libc::IFF_PROMISC as u64 != 0)
+                .unwrap()
+        };
+        let mut out = Vec::new();
+        for dev in ["pa", "pb"] {
+            let p = stockade_gateway::dataplane::ports::prepare(dev).unwrap();
+            out.push((dev, p.promisc_before, promisc(dev)));
+            stockade_gateway::dataplane::ports::release(&p).unwrap();
+            out.push((dev, p.promisc_before, promisc(dev)));
+        }
+        out
+    });
+    assert_eq!(
+        flags,
+        [
+            ("pa", true, true),
+            ("pa", true, true),
+            ("pb", false, true),
+            ("pb", false, false)
+        ]
+    );
+}

@@ -9,29 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{is_root, run_in, BIN};
+use common::{is_root, run_in, ScratchNs, BIN};
 use stockade_gateway::nft::{self, compile_file, setnl, Compiled, PortNames};
-
-/// A scratch namespace, deleted on drop (also when an assertion fails).
-struct ScratchNs(String);
-
-impl ScratchNs {
-    fn new(tag: &str) -> Self {
-        let name = format!("sgw{}{tag}-scratch", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {name}");
-        ScratchNs(name)
-    }
-}
-
-impl Drop for ScratchNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn compile(file: &Path, extra: &[&str]) -> String {
     let out = Command::new(BIN)

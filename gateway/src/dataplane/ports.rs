@@ -39,6 +39,9 @@ pub struct PreparedPort {
     pub index: u32,
     /// Offload features that `ethtool -k` still reports on (those marked `[fixed]` cannot change).
     pub offloads_left_on: Vec<String>,
+    /// The port was promiscuous before `prepare` (an operator's capture, say): `release`
+    /// leaves it so.
+    pub promisc_before: bool,
 }
 
 /// Offloads that must be off (receive side: merged frames; send side: oversize frames).
@@ -81,6 +84,7 @@ pub fn prepare(name: &str) -> Result<PreparedPort, PortError> {
         })?;
     }
 
+    let promisc_before = u64::from(iface.flags) & libc::IFF_PROMISC as u64 != 0;
     run(
         name,
         "ip link set up promisc on",
@@ -100,11 +104,17 @@ pub fn prepare(name: &str) -> Result<PreparedPort, PortError> {
         name: name.to_string(),
         index: iface.index,
         offloads_left_on: left,
+        promisc_before,
     })
 }
 
-/// Undoes the promiscuous flag set by `prepare` (the link stays up and address-free).
-pub fn release(name: &str) -> Result<(), PortError> {
+/// Undoes the promiscuous flag set by `prepare`, unless the port had it before (the link stays
+/// up and address-free).
+pub fn release(port: &PreparedPort) -> Result<(), PortError> {
+    if port.promisc_before {
+        return Ok(());
+    }
+    let name = &port.name;
     run(
         name,
         "ip link set promisc off",

@@ -63,6 +63,8 @@ pub struct UserspacePlane {
     outside: String,
     inside: String,
     prepare_ports: bool,
+    /// Ports `prepare`d at start, released at stop.
+    prepared: Vec<ports::PreparedPort>,
     stop: Arc<AtomicBool>,
     loops: Vec<(String, JoinHandle<Result<(), DataPlaneError>>)>,
     gateway: Option<Arc<Gateway>>,
@@ -76,6 +78,7 @@ impl UserspacePlane {
             outside: outside.into(),
             inside: inside.into(),
             prepare_ports: true,
+            prepared: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             loops: Vec::new(),
             gateway: None,
@@ -140,6 +143,7 @@ impl DataPlane for UserspacePlane {
             for name in [&self.outside, &self.inside] {
                 let p = ports::prepare(name)?;
                 info!(port = %p.name, ifindex = p.index, offloads_left_on = ?p.offloads_left_on, "port prepared");
+                self.prepared.push(p);
             }
         }
         let out_if = interface(&self.outside)?;
@@ -202,11 +206,9 @@ impl DataPlane for UserspacePlane {
                 Err(_) => result = Err(DataPlaneError::Panicked(name)),
             }
         }
-        if self.prepare_ports {
-            for name in [&self.outside, &self.inside] {
-                if let Err(e) = ports::release(name) {
-                    warn!(port = %name, error = %e, "could not release port");
-                }
+        for p in self.prepared.drain(..) {
+            if let Err(e) = ports::release(&p) {
+                warn!(port = %p.name, error = %e, "could not release port");
             }
         }
         result

@@ -1157,7 +1157,13 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
     for side in Side::BOTH {
         let ch = side.chain();
         let d = side.suffix();
-        // Established and related (ICMP errors quoting the flow): by the admitting rule's id.
+        // Every packet of a flow a rule already admitted goes by that rule's id: established,
+        // related (ICMP errors quoting the flow), and also `ct state new` packets of a confirmed
+        // entry (a UDP flow not yet answered, a retransmitted SYN), which would otherwise walk
+        // every rule and the `ct count` limit again, per packet, for a flow already judged (the
+        // userspace core, too, treats them as packets of the existing flow). `ct status
+        // confirmed` holds once the first packet was accepted; it is false for invalid and
+        // untracked packets, which have no entry.
         if !accept_ids.is_empty() {
             let entries: Vec<(u32, String)> = accept_ids
                 .iter()
@@ -1166,7 +1172,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
             inet.rule(
                 ch,
                 vec![
-                    ct_state(&["established", "related"]),
+                    m(ct("status"), Operator::IN, s("confirmed")),
                     vmap(
                         ct("mark"),
                         entries.iter().map(|(k, c)| (*k, c.as_str())).collect(),

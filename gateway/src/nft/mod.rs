@@ -414,6 +414,8 @@ pub struct NftPlane {
     bridge: String,
     rules_path: PathBuf,
     port_setup: bool,
+    /// Ports `prepare`d at start, released at stop.
+    prepared: Vec<ports::PreparedPort>,
     state: Arc<Mutex<State>>,
     gateway: Option<Arc<Gateway>>,
 }
@@ -433,6 +435,7 @@ impl NftPlane {
             bridge: DEFAULT_BRIDGE.into(),
             rules_path: rules_path.into(),
             port_setup: true,
+            prepared: Vec::new(),
             state: Arc::new(Mutex::new(State {
                 gateway: None,
                 ids: RuleIds::new(),
@@ -530,6 +533,7 @@ impl NftPlane {
                 if !p.offloads_left_on.is_empty() {
                     info!(port = %p.name, offloads = ?p.offloads_left_on, "offloads left on");
                 }
+                self.prepared.push(p);
             }
             host::attach(&self.bridge, port)?;
         }
@@ -603,11 +607,9 @@ impl NftPlane {
         }
         host::delete_bridge(&self.bridge)?;
         apply(&Compiled::teardown_batch())?;
-        if self.port_setup {
-            for port in [&self.ports.outside, &self.ports.inside] {
-                if let Err(e) = ports::release(port) {
-                    warn!(%port, error = %e, "releasing port");
-                }
+        for p in self.prepared.drain(..) {
+            if let Err(e) = ports::release(&p) {
+                warn!(port = %p.name, error = %e, "releasing port");
             }
         }
         self.state().installed = None;

@@ -722,6 +722,27 @@ pub fn ifindex(name: &str) -> u32 {
         .index
 }
 
+/// A scratch namespace, deleted on drop (also when an assertion fails).
+pub struct ScratchNs(pub String);
+
+impl ScratchNs {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("sgw{}{tag}-scratch", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {name}");
+        ScratchNs(name)
+    }
+}
+
+impl Drop for ScratchNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid(2) cannot fail and touches no memory.
     unsafe { libc::geteuid() == 0 }
