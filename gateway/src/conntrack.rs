@@ -768,7 +768,10 @@ fn tcp_track(
         src.seqlo = end;
     }
     let scaled = win << sws;
-    if seq_geq(ack.wrapping_add(scaled), dst.seqhi) {
+    // Only once the other end has been seen: before that `ack` is a stand-in (a retransmitted
+    // SYN acknowledges nothing) and its seqhi must stay 0, the mark that lets its first packet
+    // (the SYN-ACK) set its window whatever its ISN. A lost SYN must not break the handshake.
+    if dst.init && seq_geq(ack.wrapping_add(scaled), dst.seqhi) {
         dst.seqhi = ack.wrapping_add(scaled.max(1));
     }
 

@@ -368,11 +368,13 @@ fn decide_ip(
         _ => None,
     };
     if let Some(hit) = table.lookup(&key, now) {
+        // A SYN on a fully closed flow (both FINs acknowledged, or a RST) is a new connection
+        // from whichever end sent it, as in the kernel's conntrack (TIME_WAIT: the entry goes
+        // and the SYN is looked up again): the rules decide it afresh, so the responder cannot
+        // open toward the opener on a just-closed tuple, and the opener reopens as before.
         let reopen = hit.state == FlowState::TcpClosed
-            && hit.from_orig
             && tcp.is_some_and(|t| t.flags.syn() && !t.flags.ack());
         if reopen {
-            // A new connection on the same 5-tuple after the old one closed: decide afresh.
             table.remove(hit.id);
         } else {
             let expected_port = if hit.from_orig {

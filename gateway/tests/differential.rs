@@ -21,8 +21,10 @@
 //!   under its pinned address); and, in about one conversation in eight, TCP around teardown
 //!   and retransmission: the opener reopening the 5-tuple after a FIN exchange or a RST,
 //!   segments after a RST, late ACKs after the close, data in a half-closed connection, a
-//!   one_way SYN-ACK with payload and its clean retransmission (see `edge_conversation`, which
-//!   also names the cases left out because the planes disagree).
+//!   one_way SYN-ACK with payload and its clean retransmission, a SYN retransmitted (or sent
+//!   again with a later ISN) before the SYN-ACK, a SYN from the responder after the close or a
+//!   RST (see `edge_conversation`, which also names the cases left out because the planes
+//!   disagree).
 //!
 //! The core decides every frame in the order the frames are sent, with one connection table
 //! (as a running gateway keeps), so sending is global too: one packet socket per host,
@@ -694,18 +696,17 @@ fn tcp_body(rng: &mut Lcg, acts: &mut VecDeque<Act>, spoofs: bool) {
 /// TCP conversations around teardown and retransmission on admitted rules: the opener
 /// reopens the 5-tuple after a FIN exchange or a RST; segments after a RST, late ACKs after
 /// the close, data in a half-closed connection; on `push` a SYN-ACK with payload (one_way)
-/// and its clean retransmission.
+/// and its clean retransmission; a retransmitted SYN, or a second SYN with a later ISN,
+/// before the SYN-ACK; a SYN from the responder after the close or a RST (a new connection
+/// from that side, which no rule admits: it and the opener's SYN-ACK are dropped).
 ///
-/// Left out because the planes disagree (reported, not yet fixed): a retransmitted SYN, or a
-/// second SYN with another ISN, before the SYN-ACK (the core then drops the SYN-ACK as
-/// `invalid_state` for about a quarter of responder ISNs, the kernel forwards it); and a SYN
-/// from the responder after the close (the core forwards it and the SYN-ACK as part of the
-/// closed flow, the kernel treats it as a new connection from the stock server and drops it).
+/// Left out because the planes disagree: a second SYN with an earlier ISN before the SYN-ACK
+/// (the kernel's window takes only a later one, the core's loose window either).
 fn edge_conversation(
     k: u16,
     rng: &mut Lcg,
     v6: bool,
-    isn: [u32; 2],
+    mut isn: [u32; 2],
     wscale: [Option<u8>; 2],
 ) -> Conv {
     let push = rng.below(3) == 0;
@@ -730,7 +731,7 @@ fn edge_conversation(
         by: 0,
         delta: 100_000,
     };
-    let (label, acts): (&str, Vec<Act>) = match rng.below(7) {
+    let (label, acts): (&str, Vec<Act>) = match rng.below(10) {
         0 => (
             "reopened after the close",
             [
@@ -805,6 +806,56 @@ fn edge_conversation(
             ]
             .concat(),
         ),
+        n @ (7 | 8) => {
+            // Half the time a responder ISN in [2^31, 3 * 2^30): where a core that took the
+            // repeated SYN for news of the responder dropped the SYN-ACK.
+            if rng.below(2) == 0 {
+                isn[1] = (1u32 << 31) + rng.below(1 << 30) as u32;
+            }
+            // The same SYN again (back to its ISN), or one with a later ISN.
+            let (label, again) = if n == 7 {
+                let back = Act::Jump {
+                    by: 0,
+                    delta: 0u32.wrapping_sub(1),
+                };
+                ("SYN retransmitted before the SYN-ACK", back)
+            } else {
+                ("second SYN with a later ISN before the SYN-ACK", new_isn)
+            };
+            let acts = [
+                &[tcp(0, SYN, 0), again][..],
+                &open,
+                &[tcp(1, PSH | ACK, 30), tcp(0, ACK, 0)],
+                &fin,
+            ]
+            .concat();
+            (label, acts)
+        }
+        9 => {
+            let rst = rng.below(4) >= 2;
+            let mut acts = [&open[..], &[tcp(0, PSH | ACK, 50), tcp(1, ACK, 0)]].concat();
+            if rst {
+                acts.push(tcp(1, RST | ACK, 0));
+            } else {
+                acts.extend(fin);
+            }
+            let new_isn = Act::Jump {
+                by: 1,
+                delta: 100_000,
+            };
+            acts.extend([new_isn, tcp(1, SYN, 0), tcp(0, SYN | ACK, 0)]);
+            // After a RST the kernel keeps its (CLOSE) entry and only calls the SYN invalid,
+            // so later segments would still be judged against the old connection there.
+            if !rst {
+                acts.push(tcp(1, ACK, 0));
+            }
+            let label = if rst {
+                "SYN from the responder after a RST"
+            } else {
+                "SYN from the responder after the close"
+            };
+            (label, acts)
+        }
         _ => (
             "SYN-ACK with payload, then retransmitted",
             vec![

@@ -652,3 +652,38 @@ fn one_gib_window_scaled_push_passes_strict() {
         assert_eq!(t.list()[0].state, FlowState::TcpEstablished);
     }
 }
+
+#[test]
+fn retransmitted_syn_keeps_the_responder_unseen() {
+    // The differential test's case (svc 3834103267, stock 2826963289 with wscale 5), then
+    // responder ISNs around the sequence space; the second SYN the same or with a later ISN.
+    const ISN: u32 = 3_834_103_267;
+    for strict in [false, true] {
+        for s_isn in [2_826_963_289u32, 0, 1 << 30, 1 << 31, 3 << 30, u32::MAX] {
+            for second in [ISN, ISN + 1000] {
+                let ctx = format!("strict={strict} s_isn={s_isn} second={second}");
+                let mut w = wire(strict);
+                c2s(&mut w, ISN, None, TcpFlags::SYN, 64240, 0).unwrap();
+                c2s(&mut w, second, None, TcpFlags::SYN, 64240, 0).unwrap();
+                let r = w.table.slots.iter().flatten().next().unwrap().peers[1];
+                assert!(!r.init && r.seqhi == 0, "{ctx}: {r:?}");
+                let syn_ack = seg(
+                    (7443, SPORT),
+                    s_isn,
+                    Some(second + 1),
+                    TcpFlags::SYN,
+                    65160,
+                    Some(5),
+                    0,
+                );
+                verdict(w.send(Inside, host(STOCK), host(SERVICE), syn_ack))
+                    .unwrap_or_else(|e| panic!("{ctx}: SYN-ACK {e:?}"));
+                let s1 = s_isn.wrapping_add(1);
+                c2s(&mut w, second + 1, Some(s1), 0, 64240, 0).unwrap();
+                assert_eq!(state(&w), FlowState::TcpEstablished, "{ctx}");
+                s2c(&mut w, s1, Some(second + 1), TcpFlags::PSH, 65160, 100).unwrap();
+                c2s(&mut w, second + 1, Some(s1.wrapping_add(100)), 0, 64240, 0).unwrap();
+            }
+        }
+    }
+}

@@ -170,6 +170,94 @@ fn a_new_syn_reopens_a_closed_tuple() {
     );
 }
 
+/// After `service_handshake(40000)`: a FIN exchange (`rst` false) or a RST from the stock
+/// server leaves the flow fully closed.
+fn close_service_flow(w: &mut Wire, rst: bool) {
+    let (svc, stk) = (host(SERVICE), host(STOCK));
+    let steps: &[(bool, Segment)] = if rst {
+        &[(
+            false,
+            Segment::tcp(7443, 40000, 9001, 101, TcpFlags::RST, 0),
+        )]
+    } else {
+        &[
+            (true, Segment::tcp(40000, 7443, 101, 9001, TcpFlags::FIN, 0)),
+            (false, Segment::tcp(7443, 40000, 9001, 102, 0, 0)),
+            (
+                false,
+                Segment::tcp(7443, 40000, 9001, 102, TcpFlags::FIN, 0),
+            ),
+            (true, Segment::tcp(40000, 7443, 102, 9002, 0, 0)),
+        ]
+    };
+    for (from_svc, seg) in steps {
+        let v = if *from_svc {
+            w.send(Outside, svc, stk, seg.clone())
+        } else {
+            w.send(Inside, stk, svc, seg.clone())
+        };
+        assert!(v.is_forward(), "{seg:?}: {v:?}");
+    }
+    assert_eq!(
+        w.table.list()[0].state,
+        crate::conntrack::FlowState::TcpClosed
+    );
+}
+
+#[test]
+fn responder_syn_after_close_is_a_new_connection() {
+    // The kernel's conntrack ends a closed entry on a SYN from either side and judges the SYN
+    // as new: the stock server cannot open toward the service on the just-closed tuple.
+    for rst in [false, true] {
+        let mut w = Wire::lab();
+        service_handshake(&mut w, 40000);
+        close_service_flow(&mut w, rst);
+        let (svc, stk) = (host(SERVICE), host(STOCK));
+        let v = w.send(Inside, stk, svc, Segment::syn(7443, 40000, 555_555));
+        assert_eq!(dropped(v), DropReason::NoRule, "rst={rst}");
+        assert!(w.table.is_empty(), "rst={rst}: the old flow is gone");
+        // Nothing of either connection passes any more.
+        assert_eq!(
+            dropped(w.send(Outside, svc, stk, syn_ack(40000, 7443, 300, 555_556))),
+            DropReason::InvalidState
+        );
+        assert_eq!(
+            dropped(w.send(
+                Outside,
+                svc,
+                stk,
+                Segment::tcp(40000, 7443, 102, 9002, 0, 0)
+            )),
+            DropReason::InvalidState
+        );
+        assert!(w.table.is_empty());
+    }
+}
+
+#[test]
+fn responder_syn_after_close_opens_where_a_rule_admits_it() {
+    // Judged as new from the side that sent it: a rule for the reverse connection opens a
+    // new flow, opened on the inside port under that rule.
+    let yaml = DEFAULT_YAML.replace(
+        "rules:\n",
+        "rules:\n  - {name: stock-to-service, direction: outbound, protocol: tcp, src: [stock], dst: [service], dst_ports: [40000], action: accept}\n",
+    );
+    let mut w = Wire::new(compile(&yaml));
+    service_handshake(&mut w, 40000);
+    close_service_flow(&mut w, false);
+    let (svc, stk) = (host(SERVICE), host(STOCK));
+    let v = w.send(Inside, stk, svc, Segment::syn(7443, 40000, 555_555));
+    assert_eq!(fwd(&w, v), Some("stock-to-service"));
+    let flows = w.table.list();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(
+        (flows[0].src, flows[0].opened_on, flows[0].state),
+        (v4(STOCK), Inside, crate::conntrack::FlowState::TcpOpening)
+    );
+    let v = w.send(Outside, svc, stk, syn_ack(40000, 7443, 300, 555_556));
+    assert_eq!(fwd(&w, v), Some("stock-to-service"));
+}
+
 #[test]
 fn no_rule_for_clients_toward_the_stock_server() {
     let mut w = Wire::lab();
