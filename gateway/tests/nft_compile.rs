@@ -1,6 +1,6 @@
 //! `stockade-gateway compile` output is a batch nft accepts: checked with `nft -j -c -f` in a
 //! scratch network namespace of the test's own (needs root and nft). And the netlink path for
-//! set elements (`nft::setnl`) leaves the kernel in exactly the state nft would.
+//! set elements (`nft::netlink`) leaves the kernel in exactly the state nft would.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{is_root, run_in, ScratchNs, BIN};
-use stockade_gateway::nft::{self, compile_file, setnl, Compiled, PortNames};
+use stockade_gateway::nft::{self, compile_file, netlink, Compiled, PortNames};
 
 fn compile(file: &Path, extra: &[&str]) -> String {
     let out = Command::new(BIN)
@@ -227,10 +227,32 @@ fn netlink_set_elements_match_nft() {
     let b = v0.clone();
     let ((), nl_ms) = timed(&by_netlink, move || {
         nft::apply(&b.skeleton_batch()).unwrap();
-        setnl::apply(&b.fill()).unwrap();
+        netlink::apply(&b.fill()).unwrap();
     });
     let first = listing(&by_nft);
     assert!(first.contains("11.0.2.0/24") && first.contains("203.0.113.99"));
+
+    // The exporter's counter dump over netlink names exactly the counters nft lists.
+    let by_netlink_dump = run_in(&by_nft.0, || {
+        let mut names: Vec<String> = [netlink::Family::Inet, netlink::Family::Bridge]
+            .into_iter()
+            .flat_map(|f| netlink::counters(f).unwrap())
+            .map(|(name, packets, bytes)| {
+                assert_eq!((packets, bytes), (0, 0), "{name}: nothing was sent");
+                name
+            })
+            .collect();
+        names.sort();
+        names
+    });
+    let mut by_nft_json: Vec<String> = first
+        .lines()
+        .filter_map(|l| l.strip_prefix("\tcounter ")?.strip_suffix(" {"))
+        .map(str::to_string)
+        .collect();
+    by_nft_json.sort();
+    assert!(by_nft_json.len() > 20, "{by_nft_json:?}");
+    assert_eq!(by_netlink_dump, by_nft_json);
     same(&first, &listing(&by_netlink), "start-up states differ");
 
     // An allowlist edit: 1% of the prefixes replaced. Only elements differ, so the netlink
@@ -250,7 +272,7 @@ fn netlink_set_elements_match_nft() {
     );
     let a = v1.clone();
     run_in(&by_nft.0, move || nft::apply(&a.full_batch()).unwrap());
-    let ((), nl_diff_ms) = timed(&by_netlink, move || setnl::apply(&deltas).unwrap());
+    let ((), nl_diff_ms) = timed(&by_netlink, move || netlink::apply(&deltas).unwrap());
     let second = listing(&by_nft);
     assert_ne!(first, second);
     same(
@@ -262,20 +284,20 @@ fn netlink_set_elements_match_nft() {
     // A transaction the kernel refuses (deleting an element that is not there) changes
     // nothing, not even the elements before the bad one.
     let bad = vec![
-        setnl::SetDelta {
-            family: setnl::Family::Inet,
+        netlink::SetDelta {
+            family: netlink::Family::Inet,
             set: "set_blocked_v4".into(),
-            delete: vec![setnl::Key::Prefix("11.39.16.0/24".parse().unwrap())],
+            delete: vec![netlink::Key::Prefix("11.39.16.0/24".parse().unwrap())],
             add: vec![],
         },
-        setnl::SetDelta {
-            family: setnl::Family::Inet,
+        netlink::SetDelta {
+            family: netlink::Family::Inet,
             set: "set_blocked_v4".into(),
-            delete: vec![setnl::Key::Prefix("192.0.2.0/24".parse().unwrap())],
+            delete: vec![netlink::Key::Prefix("192.0.2.0/24".parse().unwrap())],
             add: vec![],
         },
     ];
-    let err = run_in(&by_netlink.0, move || setnl::apply(&bad).unwrap_err());
+    let err = run_in(&by_netlink.0, move || netlink::apply(&bad).unwrap_err());
     assert!(err.to_string().contains("refused"), "{err}");
     assert_eq!(
         second,

@@ -43,7 +43,7 @@ use nftables::stmt::{
 };
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use super::setnl::{Family, Key, SetDelta};
+use super::netlink::{Family, Key, SetDelta};
 use crate::core::{Action, Direction, DropReason};
 use crate::rules::{Policy, Protocol, RuleAction, RulesFile, Ruleset};
 
@@ -207,7 +207,7 @@ struct SetDef {
 }
 
 impl SetDef {
-    /// The set's elements as keys the netlink path encodes ([`super::setnl`]), or None if some
+    /// The set's elements as keys the netlink path encodes ([`super::netlink`]), or None if some
     /// element is left to nft: MAC pins (concatenations, few) and intervals starting at the
     /// zero address (nft manages a marker element there).
     fn netlink_keys<'a>(&self, elems: impl Iterator<Item = &'a Elem>) -> Option<Vec<Key>> {
@@ -1407,7 +1407,7 @@ impl Compiled {
         b.to_nftables()
     }
 
-    /// The elements [`Compiled::skeleton_batch`] left out, for [`super::setnl::apply`].
+    /// The elements [`Compiled::skeleton_batch`] left out, for [`super::netlink::apply`].
     pub fn fill(&self) -> Vec<SetDelta> {
         let mut out = self.inet.fill();
         out.extend(self.bridge.fill());
@@ -1415,7 +1415,7 @@ impl Compiled {
     }
 
     /// If `self` differs from the installed `old` only in the elements of its sets (an
-    /// allowlist edit), those changes as one netlink transaction's worth ([`super::setnl::apply`]);
+    /// allowlist edit), those changes as one netlink transaction's worth ([`super::netlink::apply`]);
     /// None when chains, rules, counters or set definitions differ, which takes
     /// [`Compiled::diff_batch`].
     pub fn element_diff(&self, old: &Compiled) -> Option<Vec<SetDelta>> {

@@ -8,8 +8,9 @@
 
 use std::collections::HashMap;
 
-use super::compile::{Compiled, TABLE};
-use super::{nft_json, NftError};
+use super::compile::Compiled;
+use super::netlink::{self, Family};
+use super::NftError;
 use crate::metrics::{Metrics, NO_RULE};
 
 /// Bytes of the Ethernet header, which the kernel's counters do not include (they count from
@@ -25,23 +26,13 @@ pub struct Exporter {
     last: CounterValues,
 }
 
-/// The counters of our two tables: (family, name) -> (packets, bytes).
+/// The counters of our two tables: (family, name) -> (packets, bytes). Read over nf_tables
+/// netlink ([`netlink::counters`]): `nft -j list counters` would also list every set element.
 pub fn read_counters() -> Result<CounterValues, NftError> {
     let mut out = HashMap::new();
-    for family in ["inet", "bridge"] {
-        let v = nft_json(&["list", "counters", "table", family, TABLE])?;
-        let objs = v
-            .get("nftables")
-            .and_then(|o| o.as_array())
-            .ok_or_else(|| NftError::Nft("counter listing without `nftables` array".into()))?;
-        for o in objs {
-            let Some(c) = o.get("counter") else { continue };
-            let name = c.get("name").and_then(|x| x.as_str());
-            let packets = c.get("packets").and_then(|x| x.as_u64());
-            let bytes = c.get("bytes").and_then(|x| x.as_u64());
-            if let (Some(name), Some(p), Some(b)) = (name, packets, bytes) {
-                out.insert((family.to_string(), name.to_string()), (p, b));
-            }
+    for (family, name) in [(Family::Inet, "inet"), (Family::Bridge, "bridge")] {
+        for (counter, packets, bytes) in netlink::counters(family)? {
+            out.insert((name.to_string(), counter), (packets, bytes));
         }
     }
     Ok(out)

@@ -47,7 +47,7 @@
 //!   smaller value as a restart ([`exporter`]): Prometheus counters never go backwards.
 //!   Byte counts are the IP length plus 14 (the Ethernet header) per packet, as the userspace
 //!   plane counts frame bytes.
-//! * **Large sets go over nf_tables netlink** ([`setnl`]): nft 1.0.6 reads an interval set back
+//! * **Large sets go over nf_tables netlink** ([`netlink`]): nft 1.0.6 reads an interval set back
 //!   before it changes it, which took minutes for a 1% edit of a 100k-prefix set. A reload that
 //!   changes only set contents (an allowlist edit) is one netlink transaction of element
 //!   deletions and additions (tens of milliseconds at 100k); a fresh start creates the tables
@@ -67,7 +67,7 @@ pub mod compile;
 pub mod ctnl;
 pub mod exporter;
 pub mod host;
-pub mod setnl;
+pub mod netlink;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -96,7 +96,7 @@ pub enum NftError {
     #[error(transparent)]
     Conntrack(#[from] ctnl::CtError),
     #[error(transparent)]
-    SetElements(#[from] setnl::SetNlError),
+    Netlink(#[from] netlink::NlError),
     #[error(transparent)]
     Rules(#[from] rules::RulesError),
     #[error(transparent)]
@@ -151,7 +151,7 @@ fn install(compiled: &Compiled) -> Result<&'static str, NftError> {
         return Ok("nft (replacing a ruleset left in the kernel)");
     }
     apply(&compiled.skeleton_batch())?;
-    if let Err(e) = setnl::apply(&compiled.fill()) {
+    if let Err(e) = netlink::apply(&compiled.fill()) {
         warn!(error = %e, "loading set elements over netlink failed; loading them through nft");
         apply(&compiled.full_batch())?;
         return Ok("nft (netlink fill failed)");
@@ -163,7 +163,7 @@ fn install(compiled: &Compiled) -> Result<&'static str, NftError> {
 /// elements changed (an allowlist edit: fast at any set size), else through nft by difference.
 fn reinstall(new: &Compiled, old: &Compiled) -> Result<&'static str, NftError> {
     if let Some(deltas) = new.element_diff(old) {
-        match setnl::apply(&deltas) {
+        match netlink::apply(&deltas) {
             Ok(()) => return Ok("netlink set elements"),
             // The transaction was refused whole, so the old ruleset is intact; nft reads the
             // kernel's state and tries the same change its own way.

@@ -1,6 +1,11 @@
-//! Set elements changed over nf_tables netlink directly: one transaction of element deletions and
-//! additions, for the reloads in which nothing but the contents of named sets changes (an
-//! allowlist edit), and for filling large sets at start-up.
+//! nf_tables netlink, spoken directly where nft is too slow at our set sizes:
+//!
+//! * set elements ([`apply`]): one transaction of element deletions and additions, for the
+//!   reloads in which nothing but the contents of named sets changes (an allowlist edit), and
+//!   for filling large sets at start-up;
+//! * counters ([`counters`]): `nft -j list counters` lists every set element of the table as
+//!   well (0.9 s at 100k prefixes, on every Prometheus scrape); a dump of the counter objects
+//!   alone takes a millisecond.
 //!
 //! Why not `nft`: nft 1.0.6 reads an interval set back into its cache before it adds to or
 //! deletes from it (to check overlaps and merge), so a diff of a few elements in a 100k-prefix
@@ -20,7 +25,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST,
+    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NlasIterator, Parseable,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementFlags,
@@ -48,7 +54,7 @@ const UDATA_INTERVAL_OPEN: [u8; 6] = {
 const MAX_LIST_BYTES: usize = 48 * 1024;
 
 #[derive(Debug, Error)]
-pub enum SetNlError {
+pub enum NlError {
     #[error("nf_tables netlink: {0}")]
     Io(#[from] std::io::Error),
     #[error("nf_tables netlink: cannot decode an answer: {0}")]
@@ -237,7 +243,7 @@ pub fn encode(deltas: &[SetDelta]) -> (Vec<u8>, usize) {
 }
 
 /// Applies `deltas` as one transaction in the calling thread's network namespace.
-pub fn apply(deltas: &[SetDelta]) -> Result<(), SetNlError> {
+pub fn apply(deltas: &[SetDelta]) -> Result<(), NlError> {
     let deltas: Vec<&SetDelta> = deltas.iter().filter(|d| !d.is_empty()).collect();
     if deltas.is_empty() {
         return Ok(());
@@ -267,7 +273,7 @@ pub fn apply(deltas: &[SetDelta]) -> Result<(), SetNlError> {
         let mut offset = 0;
         while offset < size {
             let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..size])
-                .map_err(|e| SetNlError::Decode(e.to_string()))?;
+                .map_err(|e| NlError::Decode(e.to_string()))?;
             let len = msg.header.length as usize;
             if len == 0 {
                 break;
@@ -286,12 +292,119 @@ pub fn apply(deltas: &[SetDelta]) -> Result<(), SetNlError> {
     }
     if let Some((code, seq)) = failure {
         let what = std::io::Error::from_raw_os_error(-code).to_string();
-        return Err(SetNlError::Kernel(code, format!("message {seq}: {what}")));
+        return Err(NlError::Kernel(code, format!("message {seq}: {what}")));
     }
     if answered < expected {
-        return Err(SetNlError::Incomplete(expected - answered, expected));
+        return Err(NlError::Incomplete(expected - answered, expected));
     }
     Ok(())
+}
+
+/// `NFTA_OBJ_*` and `NFTA_COUNTER_*` (linux/netfilter/nf_tables.h).
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_OBJ_NAME: u16 = 2;
+const NFTA_OBJ_TYPE: u16 = 3;
+const NFTA_OBJ_DATA: u16 = 4;
+const NFT_OBJECT_COUNTER: u32 = 1;
+const NFTA_COUNTER_BYTES: u16 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
+
+fn nla_value(nla: &DefaultNla) -> Vec<u8> {
+    let mut v = vec![0; nla.value_len()];
+    nla.emit_value(&mut v);
+    v
+}
+
+fn c_string(v: &[u8]) -> String {
+    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or_default()).into_owned()
+}
+
+/// One counter object from a `NEWOBJ` message: (name, packets, bytes).
+fn counter_of(attrs: &[DefaultNla]) -> Option<(String, u64, u64)> {
+    let (mut name, mut packets, mut bytes) = (None, None, None);
+    for a in attrs {
+        match a.kind() & !netlink_packet_core::NLA_F_NESTED {
+            NFTA_OBJ_NAME => name = Some(c_string(&nla_value(a))),
+            NFTA_OBJ_DATA => {
+                let data = nla_value(a);
+                for inner in NlasIterator::new(&data[..]) {
+                    let inner = DefaultNla::parse(&inner.ok()?).ok()?;
+                    let v: [u8; 8] = nla_value(&inner).try_into().ok()?;
+                    match inner.kind() {
+                        NFTA_COUNTER_BYTES => bytes = Some(u64::from_be_bytes(v)),
+                        NFTA_COUNTER_PACKETS => packets = Some(u64::from_be_bytes(v)),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((name?, packets?, bytes?))
+}
+
+/// Every named counter of our table in `family`: name -> (packets, bytes). A table that does
+/// not exist has none.
+pub fn counters(family: Family) -> Result<Vec<(String, u64, u64)>, NlError> {
+    let socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let request = netlink(
+        NLM_F_REQUEST | NLM_F_DUMP,
+        NfTablesMessage::GetObject(vec![
+            DefaultNla::new(NFTA_OBJ_TABLE, format!("{TABLE}\0").into_bytes()),
+            DefaultNla::new(NFTA_OBJ_TYPE, NFT_OBJECT_COUNTER.to_be_bytes().to_vec()),
+        ])
+        .into(),
+        NetfilterHeader::new(family.proto(), 0, 0),
+    );
+    socket.send(&request, 0)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let size = socket.recv(&mut &mut buf[..], 0)?;
+        if size == 0 {
+            return Err(NlError::Incomplete(1, 1));
+        }
+        let mut offset = 0;
+        while offset < size {
+            let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..size])
+                .map_err(|e| NlError::Decode(e.to_string()))?;
+            let len = msg.header.length as usize;
+            if len == 0 {
+                break;
+            }
+            offset += len;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => match e.code {
+                    None => return Ok(out),
+                    Some(code) if code.get() == -libc::ENOENT => return Ok(out),
+                    Some(code) => {
+                        let what = std::io::Error::from_raw_os_error(-code.get()).to_string();
+                        return Err(NlError::Kernel(code.get(), format!("counter dump: {what}")));
+                    }
+                },
+                NetlinkPayload::InnerMessage(NetfilterMessage {
+                    inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewObject(attrs)),
+                    ..
+                }) => {
+                    if let Some(c) = counter_of(&attrs) {
+                        out.push(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// An attribute's bytes, as the kernel sends it (for the tests).
+#[cfg(test)]
+fn nla_buffer(kind: u16, value: &[u8]) -> Vec<u8> {
+    let nla = DefaultNla::new(kind, value.to_vec());
+    let mut out = vec![0; netlink_packet_core::Emitable::buffer_len(&nla)];
+    netlink_packet_core::Emitable::emit(&nla, &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -355,6 +468,19 @@ mod tests {
             .map(keys_of)
             .collect();
         assert_eq!(e, [(vec![198, 51, 100, 7], false, false)]);
+    }
+
+    #[test]
+    fn counter_objects_decode() {
+        let mut data = nla_buffer(NFTA_COUNTER_BYTES, &1234u64.to_be_bytes());
+        data.extend(nla_buffer(NFTA_COUNTER_PACKETS, &7u64.to_be_bytes()));
+        let attrs = vec![
+            DefaultNla::new(NFTA_OBJ_TABLE, b"stockade_gateway\0".to_vec()),
+            DefaultNla::new(NFTA_OBJ_NAME, b"fwd_1_in\0".to_vec()),
+            DefaultNla::new(NFTA_OBJ_DATA | netlink_packet_core::NLA_F_NESTED, data),
+        ];
+        assert_eq!(counter_of(&attrs), Some(("fwd_1_in".into(), 7, 1234)));
+        assert_eq!(counter_of(&attrs[..2]), None, "no data, no counter");
     }
 
     #[test]
