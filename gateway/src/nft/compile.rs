@@ -7,22 +7,24 @@
 //!
 //! ```text
 //! bridge stockade_gateway                         inet stockade_gateway
-//!  ports   (prerouting -300): mark the ingress      forward (forward 0, policy drop):
-//!          port (meta mark 0x1 outside,               meta mark vmap {0x1: goto from_outside,
-//!          0x2 inside), then per port:                                0x2: goto from_inside}
-//!  from_*: fragments, anti-spoofing by port,        from_*: established/related -> ct mark vmap
-//!          MAC pins, ARP policy, non-IP drop;               -> est_<id>_<dir> (per-rule counter,
-//!          IP continues to br_netfilter               one_way checks); invalid; ND; new
-//!  gate    (forward +100, policy drop): only          connections: the rules of this port's
-//!          frames carrying the accept mark            direction in file order; `ct count over N`;
-//!          (0x101/0x102, set by the inet chain        default drop (no_rule)
+//!  ports   (prerouting -300): iifname vmap to       forward (forward 0, policy drop):
+//!          the port's chain; from_*: ether type       meta mark vmap {0x1: goto from_outside,
+//!          vmap to from_*_ip/_ip6/_arp, non-IP drop                   0x2: goto from_inside}
+//!  from_*_ip, _ip6: fragments, anti-spoofing by     from_*: packets of admitted flows (ct status
+//!          port, MAC pins; IP continues to                confirmed) -> ct mark vmap
+//!          br_netfilter with the port's mark              -> est_<id>_<dir> (per-rule counter,
+//!          (0x1 outside, 0x2 inside); from_*_arp:         one_way checks); invalid; ND; new
+//!          the ARP policy                             connections: the rules of this port's
+//!  gate    (forward +100, policy drop): only          direction in file order; `ct count over N`;
+//!          frames carrying the accept mark            default drop (no_rule)
+//!          (0x101/0x102, set by the inet chain
 //!          or by the ARP policy) pass
 //!  local   (input, policy drop): nothing from the
 //!          ports reaches the gateway itself
 //! ```
 //!
 //! Every drop goes through a named counter whose name says rule, reason and direction
-//! ([`CounterMeaning`]); the counters are read back through nft's JSON.
+//! ([`CounterMeaning`]); the counters are read back over nf_tables netlink (`netlink.rs`).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -549,6 +551,25 @@ fn vmap(key: Expression<'static>, entries: Vec<(u32, &str)>) -> Statement<'stati
         )),
     })
 }
+/// A verdict map from named keys (ethertypes, interface names) to chains (`goto`).
+fn vmap_named(key: Expression<'static>, entries: Vec<(String, String)>) -> Statement<'static> {
+    Statement::VerdictMap(VerdictMap {
+        key,
+        data: Expression::Named(NamedExpression::Set(
+            entries
+                .into_iter()
+                .map(|(k, chain)| {
+                    SetItem::Mapping(
+                        s(k),
+                        Expression::Verdict(Verdict::Goto(JumpTarget {
+                            target: chain.into(),
+                        })),
+                    )
+                })
+                .collect(),
+        )),
+    })
+}
 fn ether_type(t: &str) -> Statement<'static> {
     eq(payload("ether", "type"), s(t))
 }
@@ -731,23 +752,31 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
     // Bridge input: frames the bridge would deliver to the gateway itself (broadcasts, its own
     // MAC). The gateway never speaks on the data path, so nothing is delivered.
     br.base("local", NfHook::Input, -200, NfChainPolicy::Drop);
+    // Per port one chain that dispatches on the ethertype to one chain per protocol, so a
+    // frame is only matched against its own protocol's rules (the per-frame cost of this plane
+    // is mostly rule evaluations, see BENCHMARKS.md).
     for side in Side::BOTH {
         br.chain(side.chain());
+        for proto in ["ip", "ip6", "arp"] {
+            br.chain(&format!("{}_{proto}", side.chain()));
+        }
     }
-    for side in Side::BOTH {
-        let port = match side {
-            Side::Outside => &ports.outside,
-            Side::Inside => &ports.inside,
-        };
-        br.rule(
-            "ports",
-            vec![
-                eq(meta(MetaKey::Iifname), s(port.clone())),
-                set_mark(side.mark()),
-                goto(side.chain()),
-            ],
-        );
-    }
+    br.rule(
+        "ports",
+        vec![vmap_named(
+            meta(MetaKey::Iifname),
+            Side::BOTH
+                .iter()
+                .map(|side| {
+                    let port = match side {
+                        Side::Outside => &ports.outside,
+                        Side::Inside => &ports.inside,
+                    };
+                    (port.clone(), side.chain().to_string())
+                })
+                .collect(),
+        )],
+    );
     {
         let c = meaning(
             cm,
@@ -764,13 +793,29 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
     let settings = rules.settings();
     for side in Side::BOTH {
         let ch = side.chain();
+        let (ch_ip, ch_ip6, ch_arp) = (
+            &format!("{ch}_ip"),
+            &format!("{ch}_ip6"),
+            &format!("{ch}_arp"),
+        );
         let d = side.suffix();
+        br.rule(
+            ch,
+            vec![vmap_named(
+                payload("ether", "type"),
+                vec![
+                    ("ip".into(), ch_ip.clone()),
+                    ("ip6".into(), ch_ip6.clone()),
+                    ("arp".into(), ch_arp.clone()),
+                ],
+            )],
+        );
         // Fragments are judged here, before br_netfilter's defragmentation (which runs at
         // bridge prerouting priority 0, i.e. after this chain) would reassemble them.
         if settings.fragments == Policy::Drop {
             let c = reason_stmt(&mut br, cm, side, DropReason::Fragment);
             br.rule(
-                ch,
+                ch_ip,
                 vec![
                     ether_type("ip"),
                     ne(and(payload("ip", "frag-off"), 0x3fff), n(0)),
@@ -779,7 +824,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                 ],
             );
             br.rule(
-                ch,
+                ch_ip6,
                 vec![
                     ether_type("ip6"),
                     eq(
@@ -800,7 +845,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
         match side {
             Side::Outside => {
                 br.rule(
-                    ch,
+                    ch_ip,
                     vec![
                         ether_type("ip"),
                         eq(payload("ip", "saddr"), set_ref("inside4")),
@@ -809,7 +854,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                     ],
                 );
                 br.rule(
-                    ch,
+                    ch_ip6,
                     vec![
                         ether_type("ip6"),
                         eq(payload("ip6", "saddr"), set_ref("inside6")),
@@ -820,7 +865,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
             }
             Side::Inside => {
                 br.rule(
-                    ch,
+                    ch_ip,
                     vec![
                         ether_type("ip"),
                         ne(payload("ip", "saddr"), set_ref("inside4")),
@@ -830,7 +875,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                 );
                 // `::` is only a DAD neighbour solicitation (as in the userspace plane).
                 br.rule(
-                    ch,
+                    ch_ip6,
                     vec![
                         ether_type("ip6"),
                         ne(payload("ip6", "saddr"), set_ref("inside6")),
@@ -840,7 +885,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                     ],
                 );
                 br.rule(
-                    ch,
+                    ch_ip6,
                     vec![
                         ether_type("ip6"),
                         eq(payload("ip6", "saddr"), s("::")),
@@ -850,7 +895,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                     ],
                 );
                 br.rule(
-                    ch,
+                    ch_ip6,
                     vec![
                         ether_type("ip6"),
                         eq(payload("ip6", "saddr"), s("::")),
@@ -867,7 +912,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                 continue;
             }
             br.rule(
-                ch,
+                if fam == "ip" { ch_ip } else { ch_ip6 },
                 vec![
                     ether_type(fam),
                     eq(payload(fam, "saddr"), set_ref(&format!("pinned{v}"))),
@@ -880,13 +925,13 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                 ],
             );
         }
-        // IP goes on to br_netfilter and the inet chain.
-        br.rule(ch, vec![ether_type("ip"), accept()]);
-        br.rule(ch, vec![ether_type("ip6"), accept()]);
+        // IP goes on to br_netfilter and the inet chain, marked with its port.
+        br.rule(ch_ip, vec![set_mark(side.mark()), accept()]);
+        br.rule(ch_ip6, vec![set_mark(side.mark()), accept()]);
         // ARP: only about addresses the rules know, senders checked like IP sources.
         let au = reason_stmt(&mut br, cm, side, DropReason::ArpUnknown);
         br.rule(
-            ch,
+            ch_arp,
             vec![
                 ether_type("arp"),
                 ne(payload("arp", "daddr ip"), set_ref("known4")),
@@ -895,7 +940,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
             ],
         );
         br.rule(
-            ch,
+            ch_arp,
             vec![
                 ether_type("arp"),
                 ne(payload("arp", "saddr ip"), s("0.0.0.0")),
@@ -913,11 +958,11 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
             Side::Inside => spoof_arp.push(ne(payload("arp", "saddr ip"), set_ref("inside4"))),
         }
         spoof_arp.extend([sp.clone(), drop_()]);
-        br.rule(ch, spoof_arp);
+        br.rule(ch_arp, spoof_arp);
         if !pins4.is_empty() {
             for mac_field in [payload("ether", "saddr"), payload("arp", "saddr ether")] {
                 br.rule(
-                    ch,
+                    ch_arp,
                     vec![
                         ether_type("arp"),
                         eq(payload("arp", "saddr ip"), set_ref("pinned4")),
@@ -934,7 +979,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
         let pass = meaning(cm, &format!("pass_{d}"), None, Action::Forward, side, None);
         let pass = br.counter(&pass);
         br.rule(
-            ch,
+            ch_arp,
             vec![
                 ether_type("arp"),
                 pass,
