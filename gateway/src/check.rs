@@ -142,25 +142,35 @@ pub fn check_file(path: impl AsRef<Path>) -> CheckReport {
 
 /// Check rules given as text; `origin` names them in the findings.
 pub fn check_str(text: &str, origin: &str) -> CheckReport {
+    check_and_compile(text, origin).0
+}
+
+/// [`check_str`], also handing back what it compiled when the file is valid (a reload then
+/// parses and compiles a large file once, not three times).
+pub fn check_and_compile(text: &str, origin: &str) -> (CheckReport, Option<(RulesFile, Ruleset)>) {
     let mut report = CheckReport {
         file: origin.to_string(),
         ..Default::default()
     };
     match rules::compile_str(text, origin) {
-        Err(e) => report.errors.push(Finding {
-            severity: Severity::Error,
-            code: "invalid",
-            file: origin.to_string(),
-            position: e.line.map(|l| (l, e.column.unwrap_or(1))),
-            message: e.message,
-        }),
+        Err(e) => {
+            report.errors.push(Finding {
+                severity: Severity::Error,
+                code: "invalid",
+                file: origin.to_string(),
+                position: e.line.map(|l| (l, e.column.unwrap_or(1))),
+                message: e.message,
+            });
+            (report, None)
+        }
         Ok((file, rs)) => {
             report.rules = file.rules.len();
             report.sets = file.sets.len();
             report.lints = lint(&file, &rs, text, origin);
+            let valid = report.is_valid();
+            (report, valid.then_some((file, rs)))
         }
     }
-    report
 }
 
 /// The lint warnings for a valid file. `text` is only used to find line numbers.

@@ -177,7 +177,7 @@ fn init_tracing() {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    let rules = reload::load_checked(&args.rules)
+    let (_, rules) = reload::load_checked(&args.rules)
         .with_context(|| format!("rules file {}", args.rules.display()))?;
     let metrics_addr = args
         .metrics
@@ -233,9 +233,9 @@ fn run(args: RunArgs) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let on_swap: reload::OnSwap = {
             let plane = plane.clone();
-            Box::new(move |rules| {
+            Box::new(move |file, rules| {
                 let mut p = plane.lock().unwrap_or_else(|e| e.into_inner());
-                p.rules_changed(rules).map_err(|e| e.to_string())
+                p.rules_changed(file, rules).map_err(|e| e.to_string())
             })
         };
         let reloader = Arc::new(Reloader::new(&args.rules, gateway.clone(), Some(on_swap)));

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::check;
 use crate::dataplane::Gateway;
 use crate::metrics::ReloadResult;
-use crate::rules::{self, Ruleset};
+use crate::rules::{self, RulesFile, Ruleset};
 
 /// Editors replace a file in several steps (write temp, rename, chmod); wait this long after the
 /// first event so one save is one reload.
@@ -42,22 +42,27 @@ pub enum ReloadError {
 
 /// Loads, checks and compiles a rules file: the same validation `stockade-gateway check` does
 /// (errors refuse the file; lints are only logged).
-pub fn load_checked(path: &Path) -> Result<Ruleset, ReloadError> {
-    let report = check::check_file(path);
-    if !report.is_valid() {
-        return Err(ReloadError::Invalid(
-            report.to_string().trim_end().to_string(),
-        ));
-    }
+pub fn load_checked(path: &Path) -> Result<(RulesFile, Ruleset), ReloadError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ReloadError::Read {
+        path: origin.clone(),
+        error,
+    })?;
+    let (report, compiled) = check::check_and_compile(&text, &origin);
     for lint in &report.lints {
         warn!(path = %path.display(), %lint, "rules lint");
     }
-    let file = rules::load_file(path)?;
-    Ok(Ruleset::compile(&file)?)
+    match compiled {
+        Some(c) if report.is_valid() => Ok(c),
+        _ => Err(ReloadError::Invalid(
+            report.to_string().trim_end().to_string(),
+        )),
+    }
 }
 
-/// Hook run after a successful swap (a kernel data plane recompiles its ruleset there).
-pub type OnSwap = Box<dyn Fn(&Arc<Ruleset>) -> Result<(), String> + Send + Sync>;
+/// Hook run after a successful swap (a kernel data plane recompiles its ruleset there, from the
+/// file as parsed: pins and set names are not in the [`Ruleset`]).
+pub type OnSwap = Box<dyn Fn(&RulesFile, &Arc<Ruleset>) -> Result<(), String> + Send + Sync>;
 
 pub struct Reloader {
     path: PathBuf,
@@ -119,11 +124,11 @@ impl Reloader {
         }
         let started = Instant::now();
         match load_checked(&self.path) {
-            Ok(rules) => {
+            Ok((file, rules)) => {
                 let rules = Arc::new(rules);
                 let revoked = self.gateway.swap_rules(rules.clone(), Instant::now());
                 if let Some(hook) = &self.on_swap {
-                    if let Err(e) = hook(&rules) {
+                    if let Err(e) = hook(&file, &rules) {
                         self.gateway.metrics.count_reload(ReloadResult::Error);
                         error!(path = %self.path.display(), error = %e, "data plane refused the new rules");
                         return Err(ReloadError::Plane(e));

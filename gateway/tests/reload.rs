@@ -50,7 +50,7 @@ fn reload_swaps_revokes_and_refuses_invalid_files() {
     let path = dir.path().join("rules.yaml");
     write(&path, &rules(true));
     let metrics = Arc::new(Metrics::new().unwrap());
-    let initial = stockade_gateway::reload::load_checked(&path).unwrap();
+    let (_, initial) = stockade_gateway::reload::load_checked(&path).unwrap();
     let gw = Arc::new(Gateway::new(initial, metrics.clone()));
     gw.open();
     let now = Instant::now();

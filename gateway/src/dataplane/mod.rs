@@ -29,7 +29,7 @@ use crate::conntrack::ConnTable;
 use crate::core::{decide_frame, Action, DropReason, Verdict};
 use crate::metrics::{Metrics, RuleCounters};
 use crate::packet::{Packet, Port};
-use crate::rules::Ruleset;
+use crate::rules::{RulesFile, Ruleset};
 
 pub use userspace::{Io, UserspacePlane};
 
@@ -58,9 +58,14 @@ pub trait DataPlane: Send {
     fn name(&self) -> &'static str;
     /// Prepares the ports and starts enforcing `gateway`'s rules. Returns once frames flow.
     fn start(&mut self, gateway: Arc<Gateway>) -> Result<(), DataPlaneError>;
-    /// Called after a reload swapped the ruleset (the userspace plane reads it per packet and
-    /// needs nothing; a kernel plane recompiles here).
-    fn rules_changed(&mut self, _rules: &Arc<Ruleset>) -> Result<(), DataPlaneError> {
+    /// Called after a reload swapped the ruleset, with the file it was compiled from (the
+    /// userspace plane reads the ruleset per packet and needs nothing; a kernel plane
+    /// recompiles here).
+    fn rules_changed(
+        &mut self,
+        _file: &RulesFile,
+        _rules: &Arc<Ruleset>,
+    ) -> Result<(), DataPlaneError> {
         Ok(())
     }
     /// Stops forwarding and releases the ports. After it returns nothing crosses.

@@ -545,19 +545,18 @@ impl NftPlane {
         Ok(())
     }
 
-    fn reload_inner(&mut self, swapped: &Arc<Ruleset>) -> Result<(), NftError> {
+    /// Re-applies the rules the reloader checked and swapped in (`file` as parsed, `rules` as
+    /// compiled from it): the kernel enforces exactly what the gateway reports as loaded.
+    fn reload_inner(&mut self, file: &RulesFile, rules: &Ruleset) -> Result<(), NftError> {
         let Some(gateway) = self.gateway.clone() else {
             return Ok(());
         };
-        let (file, rules) = self.load()?;
-        if rules.rules() != swapped.rules() || rules.settings() != swapped.settings() {
-            info!("rules file changed again since it was checked; applying the newer content");
-        }
         let started = Instant::now();
         let mut st = self.state();
         let st = &mut *st;
-        let ids = st.ids.assign(&rules);
-        let compiled = compile(&file, &rules, &ids, &self.ports);
+        let ids = st.ids.assign(rules);
+        let compiled = compile(file, rules, &ids, &self.ports);
+        let compile_ms = started.elapsed().as_millis() as u64;
         // Export what the old counters reached before some of them go away.
         if let Some(old) = &st.installed {
             if let Err(e) = st.exporter.poll(old, &gateway.metrics) {
@@ -574,11 +573,12 @@ impl NftPlane {
         let applied = started.elapsed();
         st.exporter.retain(&compiled);
         st.installed = Some(compiled);
-        Self::set_timeouts(&rules);
-        let r = revoke(&rules, &ids)?;
+        Self::set_timeouts(rules);
+        let r = revoke(rules, &ids)?;
         gateway.metrics.flows_revoked.inc_by(r.revoked as u64);
         info!(
             via,
+            compile_ms,
             apply_ms = applied.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             revoked = r.revoked,
@@ -627,8 +627,12 @@ impl DataPlane for NftPlane {
         Ok(self.start_inner(gateway)?)
     }
 
-    fn rules_changed(&mut self, rules: &Arc<Ruleset>) -> Result<(), DataPlaneError> {
-        Ok(self.reload_inner(rules)?)
+    fn rules_changed(
+        &mut self,
+        file: &RulesFile,
+        rules: &Arc<Ruleset>,
+    ) -> Result<(), DataPlaneError> {
+        Ok(self.reload_inner(file, rules)?)
     }
 
     fn stop(&mut self) -> Result<(), DataPlaneError> {
