@@ -30,6 +30,9 @@ SECS=${2:-8}
 TCP_RUNS=${TCP_RUNS:-3}
 PLANES=${PLANES:-batched ring pnet nft hand}
 PREFIXES=${PREFIXES:-0 100000}
+# PROFILE=DIR: record a system-wide `perf record -g` of 4 s during the first UDP run of every
+# plane into DIR/perf-<plane>-<prefixes>.data (that run's figure then includes perf's cost).
+PROFILE=${PROFILE:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${STOCKADE_GATEWAY_BIN:-$ROOT/target/release/stockade-gateway}
@@ -48,6 +51,13 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+# Starts the profile of one plane in the background (see PROFILE).
+profile() {
+    [ -n "$PROFILE" ] || return 0
+    mkdir -p "$PROFILE"
+    (sleep 3; perf record -q -a -g -o "$PROFILE/perf-$1.data" -- sleep 4 >/dev/null 2>&1) &
+}
 trap 'exit 130' INT TERM
 
 [ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 1; }
@@ -227,6 +237,7 @@ for N in $PREFIXES; do
         ip -n "${P}mid" link set dev b master br0
         ip -n "${P}mid" link set br0 up
         sleep 1
+        profile "$IO-$N"
         GW[$IO/$N]=$(measure "hand-written nft ruleset, $N prefixes")
         GWTCP[$IO/$N]=$(measure_tcp "hand-written nft ruleset, $N prefixes")
         ip -n "${P}mid" link del dev br0
@@ -246,6 +257,7 @@ for N in $PREFIXES; do
     for _ in $(seq 100); do [ -S "$WORK/ctl.sock" ] && break; sleep 0.1; done
     sleep 1
     kill -0 "$GW_PID" || { cat "$WORK/gw-$IO-$N.log" >&2; exit 1; }
+    profile "$IO-$N"
     GW[$IO/$N]=$(measure "stockade-gateway $LABEL, $N prefixes")
     GWTCP[$IO/$N]=$(measure_tcp "stockade-gateway $LABEL, $N prefixes")
     METRICS=$(ip netns exec "${P}mid" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9108; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' |

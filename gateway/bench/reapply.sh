@@ -502,7 +502,7 @@ echo "apply outside: launch -> first TCP connect through the gateway (new connec
 echo "re-apply log: nft = apply_ms/total_ms of \"nftables ruleset re-applied\"; userspace = took_us of \"rules reloaded\"."
 echo "re-apply outside: rename of the edited file -> stockade_gateway_rules_reloads_total{result=\"ok\"} grown"
 echo "  (scraped every ${POLL_MS} ms, back to back when a scrape takes longer; includes the reloader's 250 ms debounce"
-echo "  and the duration of the scrape that saw it; nftables scrapes are slow with this set, see the details)."
+echo "  and the duration of the scrape that saw it; the scrape times are in the details)."
 echo "stall: longest wait for a reply on any connection from the rename to the end of the phase."
 echo "control: connections lost, and growth of stockade_gateway_flows_revoked_total over that phase."
 echo

@@ -120,7 +120,8 @@ fn compile_text_lists_both_tables() {
         "ct count over 65536",
         "tcp doff 5 ip length != 40",
         "counter name \"oneway_3_in\" drop",
-        "ip saddr . ether saddr != @pins4",
+        "ip saddr . ether saddr @pins4 meta mark set 0x00000001 accept",
+        "meta mark . ct mark vmap",
     ] {
         assert!(text.contains(needle), "`{needle}` missing in:\n{text}");
     }

@@ -533,45 +533,11 @@ fn jump(chain: &str) -> Statement<'static> {
         target: chain.to_string().into(),
     })
 }
-fn vmap(key: Expression<'static>, entries: Vec<(u32, &str)>) -> Statement<'static> {
-    Statement::VerdictMap(VerdictMap {
-        key,
-        data: Expression::Named(NamedExpression::Set(
-            entries
-                .into_iter()
-                .map(|(k, chain)| {
-                    SetItem::Mapping(
-                        n(k),
-                        Expression::Verdict(Verdict::Goto(JumpTarget {
-                            target: chain.to_string().into(),
-                        })),
-                    )
-                })
-                .collect(),
-        )),
-    })
-}
-/// A verdict map from named keys (ethertypes, interface names) to chains (`goto`).
-fn vmap_named(key: Expression<'static>, entries: Vec<(String, String)>) -> Statement<'static> {
-    Statement::VerdictMap(VerdictMap {
-        key,
-        data: Expression::Named(NamedExpression::Set(
-            entries
-                .into_iter()
-                .map(|(k, chain)| {
-                    SetItem::Mapping(
-                        s(k),
-                        Expression::Verdict(Verdict::Goto(JumpTarget {
-                            target: chain.into(),
-                        })),
-                    )
-                })
-                .collect(),
-        )),
-    })
-}
+/// The frame's protocol (`ip`, `ip6`, `arp`), from `skb->protocol`: in the bridge family this
+/// also satisfies nft's dependency for `ip ...`/`arp ...` matches, which would otherwise add an
+/// `ether type` load (a copy out of the frame) to every such rule.
 fn ether_type(t: &str) -> Statement<'static> {
-    eq(payload("ether", "type"), s(t))
+    eq(meta(MetaKey::Protocol), s(t))
 }
 fn ct_state(states: &[&str]) -> Statement<'static> {
     m(
@@ -752,31 +718,35 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
     // Bridge input: frames the bridge would deliver to the gateway itself (broadcasts, its own
     // MAC). The gateway never speaks on the data path, so nothing is delivered.
     br.base("local", NfHook::Input, -200, NfChainPolicy::Drop);
-    // Per port one chain that dispatches on the ethertype to one chain per protocol, so a
-    // frame is only matched against its own protocol's rules (the per-frame cost of this plane
-    // is mostly rule evaluations, see BENCHMARKS.md).
-    for side in Side::BOTH {
-        br.chain(side.chain());
-        for proto in ["ip", "ip6", "arp"] {
-            br.chain(&format!("{}_{proto}", side.chain()));
+    // `ports` sends a frame to the chain of its port and protocol with plain compares, IPv4
+    // first: a frame meets only its own protocol's rules, and a compare costs less than a set
+    // lookup (the per-frame cost of this plane is mostly rule evaluation, see BENCHMARKS.md).
+    let port_name = |side: Side| match side {
+        Side::Outside => ports.outside.clone(),
+        Side::Inside => ports.inside.clone(),
+    };
+    for proto in ["ip", "ip6", "arp"] {
+        for side in Side::BOTH {
+            let chain = format!("{}_{proto}", side.chain());
+            br.chain(&chain);
+            br.rule(
+                "ports",
+                vec![
+                    eq(meta(MetaKey::Iifname), s(port_name(side))),
+                    ether_type(proto),
+                    goto(&chain),
+                ],
+            );
         }
     }
-    br.rule(
-        "ports",
-        vec![vmap_named(
-            meta(MetaKey::Iifname),
-            Side::BOTH
-                .iter()
-                .map(|side| {
-                    let port = match side {
-                        Side::Outside => &ports.outside,
-                        Side::Inside => &ports.inside,
-                    };
-                    (port.clone(), side.chain().to_string())
-                })
-                .collect(),
-        )],
-    );
+    // Everything else from our ports (other ethertypes, VLAN-tagged frames).
+    for side in Side::BOTH {
+        let ni = reason_stmt(&mut br, cm, side, DropReason::NonIp);
+        br.rule(
+            "ports",
+            vec![eq(meta(MetaKey::Iifname), s(port_name(side))), ni, drop_()],
+        );
+    }
     {
         let c = meaning(
             cm,
@@ -799,17 +769,6 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
             &format!("{ch}_arp"),
         );
         let d = side.suffix();
-        br.rule(
-            ch,
-            vec![vmap_named(
-                payload("ether", "type"),
-                vec![
-                    ("ip".into(), ch_ip.clone()),
-                    ("ip6".into(), ch_ip6.clone()),
-                    ("arp".into(), ch_arp.clone()),
-                ],
-            )],
-        );
         // Fragments are judged here, before br_netfilter's defragmentation (which runs at
         // bridge prerouting priority 0, i.e. after this chain) would reassemble them.
         if settings.fragments == Policy::Drop {
@@ -906,28 +865,36 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                 );
             }
         }
-        // MAC pins (IP source).
+        // MAC pins (IP source). A pinned address with its own MAC passes on one lookup (the
+        // pair); a pinned address with another MAC is spoofed; unpinned addresses pass.
         for (fam, v, pins) in [("ip", "4", &pins4), ("ip6", "6", &pins6)] {
-            if pins.is_empty() {
-                continue;
+            let chain = if fam == "ip" { ch_ip } else { ch_ip6 };
+            if !pins.is_empty() {
+                br.rule(
+                    chain,
+                    vec![
+                        ether_type(fam),
+                        eq(
+                            concat(vec![payload(fam, "saddr"), payload("ether", "saddr")]),
+                            set_ref(&format!("pins{v}")),
+                        ),
+                        set_mark(side.mark()),
+                        accept(),
+                    ],
+                );
+                br.rule(
+                    chain,
+                    vec![
+                        ether_type(fam),
+                        eq(payload(fam, "saddr"), set_ref(&format!("pinned{v}"))),
+                        sp.clone(),
+                        drop_(),
+                    ],
+                );
             }
-            br.rule(
-                if fam == "ip" { ch_ip } else { ch_ip6 },
-                vec![
-                    ether_type(fam),
-                    eq(payload(fam, "saddr"), set_ref(&format!("pinned{v}"))),
-                    ne(
-                        concat(vec![payload(fam, "saddr"), payload("ether", "saddr")]),
-                        set_ref(&format!("pins{v}")),
-                    ),
-                    sp.clone(),
-                    drop_(),
-                ],
-            );
+            // IP goes on to br_netfilter and the inet chain, marked with its port.
+            br.rule(chain, vec![set_mark(side.mark()), accept()]);
         }
-        // IP goes on to br_netfilter and the inet chain, marked with its port.
-        br.rule(ch_ip, vec![set_mark(side.mark()), accept()]);
-        br.rule(ch_ip6, vec![set_mark(side.mark()), accept()]);
         // ARP: only about addresses the rules know, senders checked like IP sources.
         let au = reason_stmt(&mut br, cm, side, DropReason::ArpUnknown);
         br.rule(
@@ -987,9 +954,6 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                 accept(),
             ],
         );
-        // Everything else (other ethertypes, VLAN-tagged frames).
-        let ni = reason_stmt(&mut br, cm, side, DropReason::NonIp);
-        br.rule(ch, vec![ni, drop_()]);
 
         // The gate, after br_netfilter ran the inet forward chain (bridge forward priority 0).
         br.rule(
@@ -1025,16 +989,47 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
     for side in Side::BOTH {
         inet.chain(side.chain());
     }
-    inet.rule(
-        "forward",
-        vec![vmap(
-            meta(MetaKey::Mark),
-            vec![
-                (MARK_OUTSIDE, Side::Outside.chain()),
-                (MARK_INSIDE, Side::Inside.chain()),
-            ],
-        )],
-    );
+    let accept_ids: Vec<(usize, u32)> = rules
+        .rules()
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.action == RuleAction::Accept)
+        .map(|(i, _)| (i, ids[i]))
+        .collect();
+    // Every packet of a flow a rule already admitted goes, in one lookup keyed by its port and
+    // the admitting rule's id (the conntrack mark), to that rule's chain for its direction:
+    // established, related (ICMP errors quoting the flow), and also `ct state new` packets of a
+    // confirmed entry (a UDP flow not yet answered, a retransmitted SYN), which would otherwise
+    // walk every rule and the `ct count` limit again, per packet, for a flow already judged
+    // (the userspace core, too, treats them as packets of the existing flow). An entry not
+    // yet confirmed has mark 0 (no rule has id 0); invalid and untracked packets have no entry,
+    // so `ct mark` does not match at all; all of these take the per-port chains below.
+    if !accept_ids.is_empty() {
+        let mut entries = Vec::new();
+        for &(_, id) in &accept_ids {
+            for side in Side::BOTH {
+                entries.push(SetItem::Mapping(
+                    concat(vec![n(side.mark()), n(id)]),
+                    Expression::Verdict(Verdict::Goto(JumpTarget {
+                        target: format!("est_{id}_{}", side.suffix()).into(),
+                    })),
+                ));
+            }
+        }
+        inet.rule(
+            "forward",
+            vec![Statement::VerdictMap(VerdictMap {
+                key: concat(vec![meta(MetaKey::Mark), ct("mark")]),
+                data: Expression::Named(NamedExpression::Set(entries)),
+            })],
+        );
+    }
+    for side in Side::BOTH {
+        inet.rule(
+            "forward",
+            vec![eq(meta(MetaKey::Mark), n(side.mark())), goto(side.chain())],
+        );
+    }
     {
         let c = reason_counter(DropReason::KernelOther, Side::Outside);
         let st = inet.counter(&c);
@@ -1072,14 +1067,6 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
 
     let mut by_content: HashMap<(bool, BTreeSet<Elem>), String> = HashMap::new();
     let file_rules = &file.rules;
-    let accept_ids: Vec<(usize, u32)> = rules
-        .rules()
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.action == RuleAction::Accept)
-        .map(|(i, _)| (i, ids[i]))
-        .collect();
-
     // Per-rule chains for established traffic, per side.
     for &(i, id) in &accept_ids {
         let r = &rules.rules()[i];
@@ -1202,29 +1189,6 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
     for side in Side::BOTH {
         let ch = side.chain();
         let d = side.suffix();
-        // Every packet of a flow a rule already admitted goes by that rule's id: established,
-        // related (ICMP errors quoting the flow), and also `ct state new` packets of a confirmed
-        // entry (a UDP flow not yet answered, a retransmitted SYN), which would otherwise walk
-        // every rule and the `ct count` limit again, per packet, for a flow already judged (the
-        // userspace core, too, treats them as packets of the existing flow). `ct status
-        // confirmed` holds once the first packet was accepted; it is false for invalid and
-        // untracked packets, which have no entry.
-        if !accept_ids.is_empty() {
-            let entries: Vec<(u32, String)> = accept_ids
-                .iter()
-                .map(|&(_, id)| (id, format!("est_{id}_{d}")))
-                .collect();
-            inet.rule(
-                ch,
-                vec![
-                    m(ct("status"), Operator::IN, s("confirmed")),
-                    vmap(
-                        ct("mark"),
-                        entries.iter().map(|(k, c)| (*k, c.as_str())).collect(),
-                    ),
-                ],
-            );
-        }
         // A tracked flow whose rule is gone (revocation follows the reload within
         // milliseconds, see `nft::NftPlane::rules_changed`).
         let inv = reason_stmt(&mut inet, cm, side, DropReason::InvalidState);
