@@ -712,6 +712,25 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                 elems: pins.iter().map(|(a, m)| Elem::Pin(*a, m.clone())).collect(),
             },
         );
+        // The same pins split by the side their address belongs to (suffix: the direction its
+        // frames travel, `in` from outside, `out` from inside), for the fast rule in `ports`: a
+        // match there also says the source is on the right side.
+        for side in Side::BOTH {
+            br.sets.insert(
+                format!("pins{name}_{}", side.suffix()),
+                SetDef {
+                    ty: vec![addr_ty, SetType::EtherAddr],
+                    interval: false,
+                    elems: pins
+                        .iter()
+                        .filter(|(a, _)| {
+                            inside.iter().any(|n| n.contains(a)) == (side == Side::Inside)
+                        })
+                        .map(|(a, m)| Elem::Pin(*a, m.clone()))
+                        .collect(),
+                },
+            );
+        }
     }
     br.base("ports", NfHook::Prerouting, -300, NfChainPolicy::Accept);
     br.base("gate", NfHook::Forward, 100, NfChainPolicy::Drop);
@@ -729,6 +748,42 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
         for side in Side::BOTH {
             let chain = format!("{}_{proto}", side.chain());
             br.chain(&chain);
+            let v = match proto {
+                "ip" => "4",
+                "ip6" => "6",
+                _ => "",
+            };
+            let side_pins = format!("pins{v}_{}", side.suffix());
+            if !v.is_empty() && br.sets.get(&side_pins).is_some_and(|p| !p.elems.is_empty()) {
+                // The data path's own senders (service, stock servers) are pinned: a source
+                // pinned on this port's side, with its own MAC and not a fragment, passes on
+                // this one rule, which has every check of the protocol chain below. Anything
+                // else goes through that chain, which says why it drops.
+                let mut st = vec![
+                    eq(meta(MetaKey::Iifname), s(port_name(side))),
+                    ether_type(proto),
+                    eq(
+                        concat(vec![payload(proto, "saddr"), payload("ether", "saddr")]),
+                        set_ref(&side_pins),
+                    ),
+                ];
+                if rules.settings().fragments == Policy::Drop {
+                    st.push(if proto == "ip" {
+                        eq(and(payload("ip", "frag-off"), 0x3fff), n(0))
+                    } else {
+                        eq(
+                            Expression::Named(NamedExpression::Exthdr(Exthdr {
+                                name: "frag".into(),
+                                field: None,
+                                offset: None,
+                            })),
+                            Expression::Boolean(false),
+                        )
+                    });
+                }
+                st.extend([set_mark(side.mark()), accept()]);
+                br.rule("ports", st);
+            }
             br.rule(
                 "ports",
                 vec![
