@@ -530,6 +530,10 @@ fn recover(svc: &Arc<Service>) -> anyhow::Result<()> {
             std::fs::remove_file(e.path())?;
         }
     }
+    // What a crash of `template add` left in its review directory.
+    let dir = stockade_service::templates::review_dir(svc);
+    stockade_service::templates::sweep_review_dir(&dir)
+        .with_context(|| format!("sweeping {}", dir.display()))?;
     for u in svc.db.uploads()? {
         match u.stage {
             Stage::Checking => {

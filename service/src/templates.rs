@@ -1,15 +1,16 @@
 //! Templates (claims 7, 15; Fig. 12): background images for composition. Only an operator adds
-//! one (`stockade-service template add`, over the admin socket). It goes through the review's
-//! virus (91) and integrity (92) checks, then full-size to a stock server under the template
-//! account, whose account key the service generates and keeps (`template-account.key`, 0600, in
-//! the data directory) and sends with the account over mutual TLS. The service keeps the
-//! template's reduced image (and its mask's).
+//! one (`stockade-service template add`, over the admin socket). It goes through the review as
+//! an upload does: virus (91), integrity (92) with the content disarm (`review::disarm`; what
+//! is stored is the disarmed copy), 91 again on the disarmed bytes; then full-size to a stock
+//! server under the template account, whose account key the service generates and keeps
+//! (`template-account.key`, 0600, in the data directory) and sends with the account over
+//! mutual TLS. The service keeps the template's reduced image (and its mask's).
 //!
 //! Every client may list templates (the key comes wrapped to its registered RSA key), fetch
 //! their reduced images and have them pushed (Fig. 12, 137) — no server password, but only to
 //! the requester's own address (121's destination rule).
 
-use crate::review::{integrity, virus};
+use crate::review;
 use crate::Service;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
@@ -151,19 +152,105 @@ async fn ensure_account(svc: &Service, stock: &str) -> Result<String, TemplateEr
     Ok(made.database_key)
 }
 
-/// 91 and 92 on a file the operator gave, copied into the service's own review directory first.
+/// Where `add` copies the operator's files while they are reviewed; swept at start
+/// ([`sweep_review_dir`]).
+pub fn review_dir(svc: &Service) -> PathBuf {
+    svc.config.data_dir.join("template-review")
+}
+
+/// What `add` calls its files in [`review_dir`]: `template-<16 hex>` or `mask-<16 hex>`, the
+/// operator's file as copied; the same with [`DISARMED`] appended, its disarmed copy.
+const REVIEW_KINDS: [&str; 2] = ["template", "mask"];
+const DISARMED: &str = ".disarmed";
+const REVIEW_HEX: usize = 16;
+
+fn review_file_name(what: &str) -> String {
+    debug_assert!(REVIEW_KINDS.contains(&what));
+    format!(
+        "{what}-{}",
+        hex::encode(rand::random::<[u8; REVIEW_HEX / 2]>())
+    )
+}
+
+/// Whether `name` is one `add` made (see [`review_file_name`]).
+fn is_review_file(name: &str) -> bool {
+    REVIEW_KINDS.iter().any(|kind| {
+        let Some(rest) = name.strip_prefix(kind).and_then(|r| r.strip_prefix('-')) else {
+            return false;
+        };
+        // `get`, not slicing: a name from disk may have a multi-byte character there.
+        let (Some(hex), Some(tail)) = (rest.get(..REVIEW_HEX), rest.get(REVIEW_HEX..)) else {
+            return false;
+        };
+        hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && (tail.is_empty() || tail == DISARMED)
+    })
+}
+
+/// What [`sweep_review_dir`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub removed: usize,
+    /// Entries `add` did not make, left in place.
+    pub left: usize,
+}
+
+/// At start: removes what a crash of `add` left in `dir` (the copies it makes there are
+/// removed when it ends). Only files named as `add` names them are removed; anything else is
+/// left alone, with a warning. A missing directory is nothing to sweep.
+pub fn sweep_review_dir(dir: &Path) -> std::io::Result<Swept> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Swept::default()),
+        Err(e) => return Err(e),
+    };
+    let mut swept = Swept::default();
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let ours = name.to_str().is_some_and(is_review_file) && !e.file_type()?.is_dir();
+        if ours {
+            std::fs::remove_file(e.path())?;
+            swept.removed += 1;
+        } else {
+            swept.left += 1;
+            tracing::warn!(
+                path = %e.path().display(),
+                "not a file `template add` made: left alone in the template review directory"
+            );
+        }
+    }
+    if swept.removed > 0 {
+        stockade_proto::fsutil::sync_dir(dir)?;
+    }
+    tracing::info!(
+        dir = %dir.display(),
+        removed = swept.removed,
+        left = swept.left,
+        "template review leftovers removed"
+    );
+    Ok(swept)
+}
+
+/// The review of a file the operator gave, as an upload's (Fig. 5): copied into the service's
+/// own review directory, 91 on the copy, 92 with the content disarm (the same step as an
+/// upload's, `review::disarm_step`), 91 again on the disarmed bytes. Returns the disarmed
+/// copy: what is stored. Every file made is added to `made` (the caller removes them).
 async fn review(
     svc: &Service,
     src: &Path,
     what: &str,
     dir: &Path,
+    made: &mut Vec<PathBuf>,
 ) -> Result<PathBuf, TemplateError> {
     let name = src
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("template")
         .to_string();
-    let copy = dir.join(format!("{what}-{}", hex::encode(rand::random::<[u8; 8]>())));
+    let base = review_file_name(what);
+    let copy = dir.join(&base);
+    made.push(copy.clone());
     tokio::fs::copy(src, &copy)
         .await
         .map_err(|e| TemplateError::Invalid(format!("reading {}: {e}", src.display())))?;
@@ -172,21 +259,32 @@ async fn review(
         refusal,
     };
     // 91.
-    let addr = virus::ClamdAddr::parse(&svc.config.clamd.address);
-    match virus::scan_file(&addr, &copy, svc.config.clamd.timeout_secs).await {
-        Ok(virus::Scan::Clean) => {}
-        Ok(virus::Scan::Found(sig)) => return Err(refused(Refusal::Virus(sig))),
-        Err(e) => return Err(refused(Refusal::ScanUnavailable(e.to_string()))),
-    }
-    // 92.
-    let (c2, limits) = (copy.clone(), svc.config.limits.clone());
-    let checked = tokio::task::spawn_blocking(move || integrity::check(&c2, &name, &limits))
+    review::clamd_scan(svc, &copy, "").await.map_err(refused)?;
+    // 92 and the content disarm, holding a review slot (it bounds concurrent decodes).
+    let disarmed = dir.join(format!("{base}{DISARMED}"));
+    made.push(disarmed.clone());
+    let _permit = svc
+        .review_slots
+        .acquire()
         .await
-        .map_err(|e| TemplateError::Internal(e.to_string()))?;
-    if let Err(detail) = checked {
-        return Err(refused(Refusal::Corrupt(detail)));
+        .expect("semaphore is never closed");
+    let limits = svc.config.limits.clone();
+    match review::disarm_step(copy.clone(), name, limits, disarmed.clone(), None).await {
+        review::DisarmStep::Done(o) => {
+            tracing::info!(%what, file = %src.display(), integrity = %o.integrity, disarm = %o.summary, "template file disarmed (92)");
+        }
+        review::DisarmStep::Refused(r) => return Err(refused(r)),
+        review::DisarmStep::TimedOut(r, decoder) => {
+            // The decoder may still write the disarmed copy: let it end before it is removed.
+            let _ = decoder.await;
+            return Err(refused(r));
+        }
     }
-    Ok(copy)
+    // 91 again, on the exact bytes that will be stored.
+    review::clamd_scan(svc, &disarmed, " (in the disarmed image to be stored)")
+        .await
+        .map_err(refused)?;
+    Ok(disarmed)
 }
 
 /// `stockade-service template add`.
@@ -212,7 +310,7 @@ pub async fn add(svc: &Service, req: AddTemplate) -> Result<TemplateRecord, Temp
         }
         None => svc.pick_stock(&format!("template:{}", req.name)),
     };
-    let dir = svc.config.data_dir.join("template-review");
+    let dir = review_dir(svc);
     tokio::fs::create_dir_all(&dir).await?;
     let mut copies = Vec::new();
     let result = add_reviewed(svc, &req, slot, &stock, &dir, &mut copies).await;
@@ -230,14 +328,10 @@ async fn add_reviewed(
     dir: &Path,
     copies: &mut Vec<PathBuf>,
 ) -> Result<TemplateRecord, TemplateError> {
-    let t_copy = review(svc, &req.file, "template", dir).await?;
-    copies.push(t_copy.clone());
+    // What is stored (and reduced) from here on is the disarmed copy of each file.
+    let t_copy = review(svc, &req.file, "template", dir, copies).await?;
     let m_copy = match &req.mask {
-        Some(m) => {
-            let c = review(svc, m, "mask", dir).await?;
-            copies.push(c.clone());
-            Some(c)
-        }
+        Some(m) => Some(review(svc, m, "mask", dir, copies).await?),
         None => None,
     };
     // Sizes (upright, as composition sees them) and reduced images.
@@ -482,4 +576,66 @@ async fn push(
         stock_public_key: identity.public_key,
         file_name: object,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn review_file_names_are_recognised_and_nothing_else() {
+        for kind in REVIEW_KINDS {
+            let n = review_file_name(kind);
+            assert!(is_review_file(&n), "{n}");
+            assert!(is_review_file(&format!("{n}{DISARMED}")), "{n}");
+        }
+        for n in [
+            "template-0123456789abcde",
+            "template-0123456789abcde\u{e9}.disarmed",
+            "template-0123456789ABCDEF",
+            "template-0123456789abcdefa",
+            "template-0123456789abcdef.bak",
+            "mask-0123456789abcdeg",
+            "thumb-0123456789abcdef",
+            "template-",
+            "frame.png",
+            ".tmp-xyz",
+        ] {
+            assert!(!is_review_file(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn sweep_removes_only_what_add_left() {
+        let d = tempfile::tempdir().unwrap();
+        let ours = [
+            "template-0123456789abcdef",
+            "template-0123456789abcdef.disarmed",
+            "mask-fedcba9876543210.disarmed",
+        ];
+        for f in ours {
+            std::fs::write(d.path().join(f), b"x").unwrap();
+        }
+        std::fs::write(d.path().join("notes.txt"), b"operator's").unwrap();
+        // A directory is never removed, whatever its name.
+        std::fs::create_dir(d.path().join("mask-0123456789abcdef")).unwrap();
+        assert_eq!(
+            sweep_review_dir(d.path()).unwrap(),
+            Swept {
+                removed: 3,
+                left: 2
+            }
+        );
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["mask-0123456789abcdef", "notes.txt"]);
+        // Nothing to sweep: no directory yet.
+        assert_eq!(
+            sweep_review_dir(&d.path().join("missing")).unwrap(),
+            Swept::default()
+        );
+    }
 }

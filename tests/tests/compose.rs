@@ -22,6 +22,81 @@ fn template(sys: &System, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `png` with what the content disarm strips: a `tEXt` chunk after the header (holding
+/// `secret`) and a script after the end of the image.
+fn png_with_hidden_data(png: &[u8], secret: &str) -> Vec<u8> {
+    fn crc32(b: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &x in b {
+            c ^= u32::from(x);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    let data = format!("Comment\0{secret}-TEXT");
+    let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+    chunk.extend_from_slice(b"tEXt");
+    chunk.extend_from_slice(data.as_bytes());
+    let crc = crc32(&chunk[4..]);
+    chunk.extend_from_slice(&crc.to_be_bytes());
+    // The signature (8 bytes) and IHDR (25) come first.
+    let mut out = png[..33].to_vec();
+    out.extend_from_slice(&chunk);
+    out.extend_from_slice(&png[33..]);
+    out.extend_from_slice(format!("<script>{secret}-TAIL</script>").as_bytes());
+    out
+}
+
+/// What the template path stored on the stock server: the push of `part` of template `name`,
+/// received here (on `ip`'s push port) and opened with the template account key, read from
+/// the service's data directory.
+fn stored_template_part(sys: &System, ip: std::net::Ipv4Addr, name: &str, part: &str) -> Vec<u8> {
+    let key: [u8; 32] = std::fs::read(sys.root().join("service-data/template-account.key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let listener = std::net::TcpListener::bind((ip, 7137)).unwrap();
+    let r = https(sys, Some(std::net::IpAddr::V4(ip)))
+        .post(format!("{}/v1/templates/push", sys.service_url()))
+        .json(&serde_json::json!({"template": name, "part": part, "destination": format!("{ip}:7137")}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    let body: serde_json::Value = r.json().unwrap();
+    let stock_public: [u8; 32] = data_encoding::HEXLOWER
+        .decode(body["stock_public_key"].as_str().unwrap().as_bytes())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let nonce = body["nonce"].as_str().unwrap().to_string();
+    listener.set_nonblocking(true).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let (mut conn, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept())
+                .await
+                .expect("a push within 30 s")
+                .unwrap();
+        let header = stockade_proto::push::read_preamble(&mut conn, &stock_public)
+            .await
+            .unwrap();
+        assert_eq!(header.nonce, nonce);
+        let mut out = Vec::new();
+        stockade_proto::chunked::open_stream(&key, &mut conn.take(header.size), &mut out, None)
+            .await
+            .unwrap();
+        out
+    })
+}
+
 fn https(sys: &System, bind: Option<std::net::IpAddr>) -> reqwest::blocking::Client {
     let cfg = stockade_proto::tls::client_config(&sys.pki.join("ca.pem"), None).unwrap();
     let mut b = reqwest::blocking::Client::builder().use_preconfigured_tls(cfg);
@@ -36,7 +111,7 @@ fn https(sys: &System, bind: Option<std::net::IpAddr>) -> reqwest::blocking::Cli
 /// both servers' pushes agree, and the full result is exactly the composition of the originals.
 #[test]
 fn fig12_template_and_image_on_different_stock_servers_compose_claims_6_7_14_15() {
-    let sys = System::start(Options::default());
+    let mut sys = System::start(Options::default());
     let c1 = sys.client("c1");
     // A landscape-stored photo whose EXIF says "rotate 90° to display" (orientation 6).
     let photo = synth::jpeg(&synth::scene(1200, 900), Some(6), None);
@@ -66,8 +141,14 @@ fn fig12_template_and_image_on_different_stock_servers_compose_claims_6_7_14_15(
     );
 
     // Claim 7: only the operator adds templates; a slot outside the template is refused clearly.
+    // The template and its mask carry hidden data (a text chunk, a script after the end): the
+    // review disarms them as it does uploads, so what is stored is without it.
     let frame = synth::frame(1200, 800);
-    let tfile = write(sys.root(), "frame.png", &synth::png(&frame));
+    let tfile = write(
+        sys.root(),
+        "frame.png",
+        &png_with_hidden_data(&synth::png(&frame), "TEMPLATE-SECRET"),
+    );
     let slot = Slot {
         x: 360,
         y: 120,
@@ -75,7 +156,11 @@ fn fig12_template_and_image_on_different_stock_servers_compose_claims_6_7_14_15(
         h: 560,
     };
     let mask = synth::oval_mask(480, 560);
-    let mfile = write(sys.root(), "oval.png", &png_bytes(&mask));
+    let mfile = write(
+        sys.root(),
+        "oval.png",
+        &png_with_hidden_data(&png_bytes(&mask), "MASK-SECRET"),
+    );
     let bad = template(
         &sys,
         &[
@@ -119,6 +204,46 @@ fn fig12_template_and_image_on_different_stock_servers_compose_claims_6_7_14_15(
         o.contains("added template frame") && o.contains(&format!("on {template_stock}")),
         "{o}"
     );
+    // What was stored is the disarmed file: the same pixels, without the hidden data.
+    let review_dir = sys.root().join("service-data/template-review");
+    for (part, secret, want) in [
+        ("template", "TEMPLATE-SECRET", frame.clone()),
+        (
+            "mask",
+            "MASK-SECRET",
+            image::DynamicImage::ImageLuma8(mask.clone()).into_rgba8(),
+        ),
+    ] {
+        let stored = stored_template_part(&sys, c1.ip, "frame", part);
+        assert!(
+            !contains(&stored, secret.as_bytes()) && !contains(&stored, b"tEXt"),
+            "{part}: the hidden data was stored"
+        );
+        assert!(
+            stored.ends_with(b"IEND\xAE\x42\x60\x82"),
+            "{part}: data after the end"
+        );
+        let got = image::load_from_memory_with_format(&stored, image::ImageFormat::Png)
+            .unwrap()
+            .into_rgba8();
+        assert!(got == want, "{part}: the pixels changed");
+    }
+    // The review's copies are gone once `add` ends; a refused file leaves none either.
+    assert_eq!(files_under(&review_dir), Vec::<std::path::PathBuf>::new());
+    let svg = write(
+        sys.root(),
+        "frame.svg",
+        b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>",
+    );
+    let refused = template(&sys, &["add", &svg, "--name", "svg", "--slot", "0,0,1,1"]);
+    let e = text(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && e.contains("refused by the review")
+            && e.contains("unsupported"),
+        "{e}"
+    );
+    assert_eq!(files_under(&review_dir), Vec::<std::path::PathBuf>::new());
     // Names are unique.
     let dup = template(
         &sys,
@@ -177,12 +302,13 @@ fn fig12_template_and_image_on_different_stock_servers_compose_claims_6_7_14_15(
         o.contains("full-resolution") && o.contains("1200x800"),
         "{o}"
     );
-    // Fig. 12: each stock server pushed its part (the template's server twice: template, mask).
+    // Fig. 12: each stock server pushed its part (the template's server twice: template, mask;
+    // and twice before, for the read-back of what was stored).
     let pushes = |name: &str| {
         let i = sys.stocks.iter().position(|d| d.name == name).unwrap();
         sys.stocks[i].log_text().matches("pushed (137)").count()
     };
-    assert_eq!(pushes(template_stock), 2, "{}", sys.logs());
+    assert_eq!(pushes(template_stock), 2 + 2, "{}", sys.logs());
     assert_eq!(pushes(image_stock), 1, "{}", sys.logs());
 
     // The full result is the composition of the originals: the service's disarm may re-encode
@@ -260,6 +386,52 @@ fn fig12_template_and_image_on_different_stock_servers_compose_claims_6_7_14_15(
         .as_str()
         .unwrap()
         .starts_with("mismatch"));
+
+    // A crash of `template add` (SIGKILL between copying and removing) leaves its copies in
+    // the review directory: the next start removes them, and only them.
+    sys.service.as_mut().unwrap().kill9();
+    let leftovers = [
+        "template-0123456789abcdef",
+        "template-0123456789abcdef.disarmed",
+        "mask-fedcba9876543210",
+    ];
+    for f in leftovers {
+        write(&review_dir, f, b"half-reviewed");
+    }
+    let foreign = ["operator-notes.txt", "template-frame.png"];
+    for f in foreign {
+        write(&review_dir, f, b"not the service's");
+    }
+    sys.service = Some(sys.spawn_service());
+    wait_port(sys.service_port);
+    let svc = sys.service.as_ref().unwrap();
+    wait_until(
+        "the template review sweep",
+        std::time::Duration::from_secs(30),
+        || svc.log_text().contains("template review leftovers removed"),
+    );
+    // The log's fields may be styled: drop the ANSI escapes before reading them.
+    let mut log = String::new();
+    let raw = svc.log_text();
+    let mut raw = raw.chars();
+    while let Some(c) = raw.next() {
+        if c == '\x1b' {
+            raw.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            log.push(c);
+        }
+    }
+    assert!(log.contains("removed=3") && log.contains("left=2"), "{log}");
+    assert!(
+        log.contains("left alone in the template review directory"),
+        "{log}"
+    );
+    let mut left: Vec<String> = files_under(&review_dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, foreign);
 }
 
 /// Claim 6 with `--private-thumbnail`: another client cannot list or fetch it; the account

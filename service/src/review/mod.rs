@@ -11,6 +11,7 @@ pub mod virus;
 use crate::db::{NewAccount, Stage, UploadRecord};
 use crate::stock_client::StockError;
 use crate::Service;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockade_proto::identity::ClientPublicKey;
@@ -67,38 +68,21 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
     }
     rec.checks.push(("virus".into(), "clean".into()));
     // 92 and the disarm, off the async threads and under a deadline.
-    let limits = svc.config.limits.clone();
-    let deadline = Duration::from_secs(limits.decode_timeout_secs);
-    let (src, name) = (path.clone(), rec.file_name.clone());
-    let (part, preview) = (svc.disarm_part_path(&id), svc.preview_path(&id));
-    let mut task = tokio::task::spawn_blocking(move || {
-        disarm_to_files(&src, &name, &limits, deadline, &part, &preview)
-    });
-    let outcome = match tokio::time::timeout(deadline, &mut task).await {
-        Ok(Ok(Ok(o))) => o,
-        Ok(Ok(Err(f))) => return refuse(&svc, rec, "integrity", f.refusal()).await,
-        Ok(Err(e)) => {
-            return refuse(
-                &svc,
-                rec,
-                "integrity",
-                Refusal::Corrupt(format!("decoder failed: {e}")),
-            )
-            .await
-        }
-        Err(_) => {
-            refuse(
-                &svc,
-                rec,
-                "integrity",
-                Refusal::Corrupt(format!(
-                    "limits: decoding took over {} s",
-                    deadline.as_secs()
-                )),
-            )
-            .await;
+    let outcome = match disarm_step(
+        path.clone(),
+        rec.file_name.clone(),
+        svc.config.limits.clone(),
+        svc.disarm_part_path(&id),
+        Some(svc.preview_path(&id)),
+    )
+    .await
+    {
+        DisarmStep::Done(o) => o,
+        DisarmStep::Refused(r) => return refuse(&svc, rec, "integrity", r).await,
+        DisarmStep::TimedOut(r, decoder) => {
+            refuse(&svc, rec, "integrity", r).await;
             // Keep the slot until the decoder thread ends, then sweep what it wrote.
-            let _ = task.await;
+            let _ = decoder.await;
             svc.erase_quarantined(&id);
             return;
         }
@@ -156,21 +140,63 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
 }
 
 /// What the blocking disarm step hands back (the bytes are already on disk).
-struct DisarmDone {
-    integrity: String,
-    summary: String,
-    record: crate::db::Disarmed,
+pub(crate) struct DisarmDone {
+    pub integrity: String,
+    pub summary: String,
+    pub record: crate::db::Disarmed,
+}
+
+/// How [`disarm_step`] ended.
+pub(crate) enum DisarmStep {
+    Done(DisarmDone),
+    /// 92 said no (or the decoder failed): nothing was kept.
+    Refused(Refusal),
+    /// Over the decode deadline: refused, but the decoder thread may still be running and may
+    /// yet write the disarmed copy; await the handle (holding the review slot) before sweeping.
+    TimedOut(
+        Refusal,
+        tokio::task::JoinHandle<Result<DisarmDone, integrity::Failure>>,
+    ),
+}
+
+/// 92 and the content disarm (`disarm`) of the file `src`, off the async threads and under the
+/// decode deadline: the disarmed copy is written to `part` (and the operator's preview to
+/// `preview`). Every upload and every template (`crate::templates`) goes through this; the
+/// caller then scans `part` again (91) before it is stored.
+pub(crate) async fn disarm_step(
+    src: PathBuf,
+    name: String,
+    limits: crate::config::Limits,
+    part: PathBuf,
+    preview: Option<PathBuf>,
+) -> DisarmStep {
+    let deadline = Duration::from_secs(limits.decode_timeout_secs);
+    let mut task = tokio::task::spawn_blocking(move || {
+        disarm_to_files(&src, &name, &limits, deadline, &part, preview.as_deref())
+    });
+    match tokio::time::timeout(deadline, &mut task).await {
+        Ok(Ok(Ok(o))) => DisarmStep::Done(o),
+        Ok(Ok(Err(f))) => DisarmStep::Refused(f.refusal()),
+        Ok(Err(e)) => DisarmStep::Refused(Refusal::Corrupt(format!("decoder failed: {e}"))),
+        Err(_) => DisarmStep::TimedOut(
+            Refusal::Corrupt(format!(
+                "limits: decoding took over {} s",
+                deadline.as_secs()
+            )),
+            task,
+        ),
+    }
 }
 
 /// 92 + disarm: reads the upload, writes the disarmed copy to `part` and the operator's
-/// preview to `preview`, both fsynced.
+/// preview to `preview` (if asked for), both fsynced.
 fn disarm_to_files(
-    src: &std::path::Path,
+    src: &Path,
     name: &str,
     limits: &crate::config::Limits,
     deadline: Duration,
-    part: &std::path::Path,
-    preview: &std::path::Path,
+    part: &Path,
+    preview: Option<&Path>,
 ) -> Result<DisarmDone, integrity::Failure> {
     let started = Instant::now();
     let input =
@@ -178,7 +204,7 @@ fn disarm_to_files(
     let mut o = disarm::disarm(&input, name, limits, started + deadline)?;
     drop(input);
     let bytes = std::mem::take(&mut o.bytes);
-    let write = |p: &std::path::Path, b: &[u8]| -> std::io::Result<()> {
+    let write = |p: &Path, b: &[u8]| -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
@@ -193,7 +219,9 @@ fn disarm_to_files(
     let io =
         |e: std::io::Error| integrity::Failure::Corrupt(format!("writing the disarmed copy: {e}"));
     write(part, &bytes).map_err(io)?;
-    write(preview, &o.preview_png).map_err(io)?;
+    if let Some(preview) = preview {
+        write(preview, &o.preview_png).map_err(io)?;
+    }
     use sha2::Digest;
     Ok(DisarmDone {
         integrity: o.integrity(),
@@ -209,13 +237,19 @@ fn disarm_to_files(
     })
 }
 
-/// 91: one clamd scan of `path`, timed; `label` is the metrics check label.
-async fn scan(
-    svc: &Service,
-    path: &std::path::Path,
-    label: &str,
-    which: &str,
-) -> Result<(), Refusal> {
+/// 91: one clamd scan of `path` for the review of an upload; `label` is the metrics check label.
+async fn scan(svc: &Service, path: &Path, label: &str, which: &str) -> Result<(), Refusal> {
+    clamd_scan(svc, path, which).await?;
+    svc.metrics
+        .review_decisions
+        .with_label_values(&[label, "pass"])
+        .inc();
+    Ok(())
+}
+
+/// 91: one clamd scan of `path`, timed. A signature found, or a scan that cannot run (fail
+/// closed), is the refusal; `which` is added to a signature's name. Uploads and templates.
+pub(crate) async fn clamd_scan(svc: &Service, path: &Path, which: &str) -> Result<(), Refusal> {
     let addr = virus::ClamdAddr::parse(&svc.config.clamd.address);
     let t = Instant::now();
     let r = virus::scan_file(&addr, path, svc.config.clamd.timeout_secs).await;
@@ -223,10 +257,6 @@ async fn scan(
     match r {
         Ok(virus::Scan::Clean) => {
             svc.metrics.clamd_up.set(1);
-            svc.metrics
-                .review_decisions
-                .with_label_values(&[label, "pass"])
-                .inc();
             Ok(())
         }
         Ok(virus::Scan::Found(sig)) => {
