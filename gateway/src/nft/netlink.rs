@@ -61,8 +61,8 @@ pub enum NlError {
     Decode(String),
     #[error("nf_tables netlink: the kernel refused the element transaction ({0}: {1})")]
     Kernel(i32, String),
-    #[error("nf_tables netlink: no answer for {0} of {1} messages")]
-    Incomplete(usize, usize),
+    #[error("nf_tables netlink: the kernel's answer ended early")]
+    Incomplete,
 }
 
 /// The table family of a set we own.
@@ -265,11 +265,44 @@ pub fn apply(deltas: &[SetDelta]) -> Result<(), NlError> {
     )?;
     socket.set_rx_buf_sz(1 << 20)?;
     socket.send(&batch, 0)?;
+    // One answer per element message (all of them, also after a failure: the kernel checks
+    // the whole batch before it aborts it).
     let mut answered = 0;
     let mut failure: Option<(i32, u32)> = None;
+    receive(&socket, |msg| {
+        if let NetlinkPayload::Error(e) = msg.payload {
+            answered += 1;
+            if let Some(code) = e.code {
+                failure.get_or_insert((code.get(), msg.header.sequence_number));
+            }
+        }
+        (answered == expected).then_some(Ok(()))
+    })?;
+    match failure {
+        Some((code, seq)) => Err(NlError::Kernel(
+            code,
+            format!("message {seq}: {}", errno(code)),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The text of a netlink error code (a negative errno).
+fn errno(code: i32) -> String {
+    std::io::Error::from_raw_os_error(-code).to_string()
+}
+
+/// Reads the kernel's answer from `socket`, message by message, until `each` returns a result.
+fn receive<T>(
+    socket: &Socket,
+    mut each: impl FnMut(NetlinkMessage<NetfilterMessage>) -> Option<Result<T, NlError>>,
+) -> Result<T, NlError> {
     let mut buf = vec![0u8; 1 << 16];
-    while answered < expected {
+    loop {
         let size = socket.recv(&mut &mut buf[..], 0)?;
+        if size == 0 {
+            return Err(NlError::Incomplete);
+        }
         let mut offset = 0;
         while offset < size {
             let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..size])
@@ -279,25 +312,11 @@ pub fn apply(deltas: &[SetDelta]) -> Result<(), NlError> {
                 break;
             }
             offset += len;
-            if let NetlinkPayload::Error(e) = msg.payload {
-                answered += 1;
-                if let Some(code) = e.code {
-                    failure.get_or_insert((code.get(), msg.header.sequence_number));
-                }
+            if let Some(result) = each(msg) {
+                return result;
             }
         }
-        if size == 0 {
-            break;
-        }
     }
-    if let Some((code, seq)) = failure {
-        let what = std::io::Error::from_raw_os_error(-code).to_string();
-        return Err(NlError::Kernel(code, format!("message {seq}: {what}")));
-    }
-    if answered < expected {
-        return Err(NlError::Incomplete(expected - answered, expected));
-    }
-    Ok(())
 }
 
 /// `NFTA_OBJ_*` and `NFTA_COUNTER_*` (linux/netfilter/nf_tables.h).
@@ -359,43 +378,27 @@ pub fn counters(family: Family) -> Result<Vec<(String, u64, u64)>, NlError> {
     );
     socket.send(&request, 0)?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let size = socket.recv(&mut &mut buf[..], 0)?;
-        if size == 0 {
-            return Err(NlError::Incomplete(1, 1));
+    receive(&socket, |msg| match msg.payload {
+        NetlinkPayload::Done(_) => Some(Ok(())),
+        NetlinkPayload::Error(e) => match e.code {
+            // No table of ours in this family: no counters.
+            None => Some(Ok(())),
+            Some(code) if code.get() == -libc::ENOENT => Some(Ok(())),
+            Some(code) => Some(Err(NlError::Kernel(
+                code.get(),
+                format!("counter dump: {}", errno(code.get())),
+            ))),
+        },
+        NetlinkPayload::InnerMessage(NetfilterMessage {
+            inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewObject(attrs)),
+            ..
+        }) => {
+            out.extend(counter_of(&attrs));
+            None
         }
-        let mut offset = 0;
-        while offset < size {
-            let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..size])
-                .map_err(|e| NlError::Decode(e.to_string()))?;
-            let len = msg.header.length as usize;
-            if len == 0 {
-                break;
-            }
-            offset += len;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => match e.code {
-                    None => return Ok(out),
-                    Some(code) if code.get() == -libc::ENOENT => return Ok(out),
-                    Some(code) => {
-                        let what = std::io::Error::from_raw_os_error(-code.get()).to_string();
-                        return Err(NlError::Kernel(code.get(), format!("counter dump: {what}")));
-                    }
-                },
-                NetlinkPayload::InnerMessage(NetfilterMessage {
-                    inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewObject(attrs)),
-                    ..
-                }) => {
-                    if let Some(c) = counter_of(&attrs) {
-                        out.push(c);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
+        _ => None,
+    })?;
+    Ok(out)
 }
 
 /// An attribute's bytes, as the kernel sends it (for the tests).
