@@ -802,19 +802,9 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
             vec![eq(meta(MetaKey::Iifname), s(port_name(side))), ni, drop_()],
         );
     }
-    {
-        let c = meaning(
-            cm,
-            &reason_counter(DropReason::KernelOther, Side::Outside),
-            None,
-            Action::Drop,
-            Side::Outside,
-            Some(DropReason::KernelOther),
-        );
-        let st = br.counter(&c);
-        // A frame from a port that is not one of ours (someone added a port to our bridge).
-        br.rule("ports", vec![st, drop_()]);
-    }
+    // A frame from a port that is not one of ours (someone added a port to our bridge).
+    let st = reason_stmt(&mut br, cm, Side::Outside, DropReason::KernelOther);
+    br.rule("ports", vec![st, drop_()]);
     let settings = rules.settings();
     for side in Side::BOTH {
         let ch = side.chain();
@@ -1022,15 +1012,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
     for side in Side::BOTH {
         // IP that reached the gate without the accept mark: the inet chain did not run (e.g.
         // bridge-nf-call-iptables was turned off). The kernel cannot say more.
-        let c = meaning(
-            cm,
-            &reason_counter(DropReason::KernelOther, side),
-            None,
-            Action::Drop,
-            side,
-            Some(DropReason::KernelOther),
-        );
-        let st = br.counter(&c);
+        let st = reason_stmt(&mut br, cm, side, DropReason::KernelOther);
         br.rule(
             "gate",
             vec![eq(meta(MetaKey::Mark), n(side.mark())), st, drop_()],
@@ -1105,15 +1087,7 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
         ],
     );
     for side in Side::BOTH {
-        let c = meaning(
-            cm,
-            &reason_counter(DropReason::ConntrackFull, side),
-            None,
-            Action::Drop,
-            side,
-            Some(DropReason::ConntrackFull),
-        );
-        let st = inet.counter(&c);
+        let st = reason_stmt(&mut inet, cm, side, DropReason::ConntrackFull);
         inet.rule(
             "cfull",
             vec![eq(meta(MetaKey::Mark), n(side.mark())), st, drop_()],
