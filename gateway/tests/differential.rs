@@ -1245,19 +1245,7 @@ fn generate(rules: &Ruleset) -> Vec<Probe> {
 
 /// Records the key of every tagged IP frame seen on `eth0` of the calling thread's namespace.
 fn record(seen: Arc<Mutex<HashSet<Key>>>, stop: Arc<AtomicBool>) {
-    let iface = pnet_datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == "eth0")
-        .expect("eth0");
-    let cfg = pnet_datalink::Config {
-        read_timeout: Some(Duration::from_millis(50)),
-        read_buffer_size: 1 << 20,
-        ..Default::default()
-    };
-    let mut rx = match pnet_datalink::channel(&iface, cfg).expect("recorder channel") {
-        pnet_datalink::Channel::Ethernet(_, rx) => rx,
-        _ => unreachable!(),
-    };
+    let (_, mut rx) = channel("eth0");
     while !stop.load(Ordering::Relaxed) {
         let Ok(frame) = rx.next() else { continue };
         let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) else {
@@ -1386,16 +1374,7 @@ fn core_and_nft_plane_agree_on_synthetic_packets() {
     // was created in); then every frame from this thread, in the order the core decided them.
     let mut senders: HashMap<&str, Box<dyn pnet_datalink::DataLinkSender>> = HashMap::new();
     for host in ["client", "svc", "stock"] {
-        let tx = run_in(&lab.ns(host), || {
-            let iface = pnet_datalink::interfaces()
-                .into_iter()
-                .find(|i| i.name == "eth0")
-                .expect("eth0");
-            match pnet_datalink::channel(&iface, Default::default()).expect("sender channel") {
-                pnet_datalink::Channel::Ethernet(tx, _) => tx,
-                _ => unreachable!(),
-            }
-        });
+        let tx = run_in(&lab.ns(host), || channel("eth0").0);
         senders.insert(host, tx);
     }
     let started = Instant::now();

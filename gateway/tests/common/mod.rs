@@ -494,19 +494,31 @@ pub struct Seen {
     pub payload: usize,
 }
 
-pub fn sniff(ifname: &'static str, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>) {
+/// A raw Ethernet channel on `ifname` in the calling thread's namespace (the sockets keep that
+/// namespace): receives wait at most 50 ms, with a 1 MiB buffer so bursts are not lost.
+pub fn channel(
+    ifname: &str,
+) -> (
+    Box<dyn pnet_datalink::DataLinkSender>,
+    Box<dyn pnet_datalink::DataLinkReceiver>,
+) {
     let iface = pnet_datalink::interfaces()
         .into_iter()
         .find(|i| i.name == ifname)
-        .expect("sniff iface");
+        .unwrap_or_else(|| panic!("no interface {ifname}"));
     let cfg = pnet_datalink::Config {
         read_timeout: Some(Duration::from_millis(50)),
+        read_buffer_size: 1 << 20,
         ..Default::default()
     };
-    let mut rx = match pnet_datalink::channel(&iface, cfg).expect("sniffer channel") {
-        pnet_datalink::Channel::Ethernet(_, rx) => rx,
-        _ => unreachable!(),
-    };
+    match pnet_datalink::channel(&iface, cfg).expect("packet channel") {
+        pnet_datalink::Channel::Ethernet(tx, rx) => (tx, rx),
+        _ => unreachable!("pnet only makes Ethernet channels"),
+    }
+}
+
+pub fn sniff(ifname: &'static str, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>) {
+    let (_, mut rx) = channel(ifname);
     while !stop.load(Ordering::Relaxed) {
         let Ok(frame) = rx.next() else { continue };
         let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) else {
@@ -633,14 +645,7 @@ pub fn udp_gets_nothing(bind: SocketAddr, to: SocketAddr) {
 
 /// Sends a hand-built Ethernet frame out of `ifname` (in the calling thread's namespace).
 pub fn send_frame(ifname: &str, frame: &[u8], copies: usize) {
-    let iface = pnet_datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == ifname)
-        .expect("iface");
-    let mut tx = match pnet_datalink::channel(&iface, Default::default()).expect("channel") {
-        pnet_datalink::Channel::Ethernet(tx, _) => tx,
-        _ => unreachable!(),
-    };
+    let (mut tx, _) = channel(ifname);
     for _ in 0..copies {
         tx.send_to(frame, None).expect("send").expect("send");
     }
@@ -668,18 +673,7 @@ pub fn ping_gets_nothing(dst: IpAddr, id: u16) {
                 .unwrap()
         }
     }
-    let iface = pnet_datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == "eth0")
-        .expect("iface");
-    let cfg = pnet_datalink::Config {
-        read_timeout: Some(Duration::from_millis(50)),
-        ..Default::default()
-    };
-    let (mut tx, mut rx) = match pnet_datalink::channel(&iface, cfg).expect("channel") {
-        pnet_datalink::Channel::Ethernet(tx, rx) => (tx, rx),
-        _ => unreachable!(),
-    };
+    let (mut tx, mut rx) = channel("eth0");
     tx.send_to(&frame, None).expect("send").expect("send");
     let deadline = Instant::now() + NOTHING_BACK;
     while Instant::now() < deadline {
