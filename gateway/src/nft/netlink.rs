@@ -244,12 +244,11 @@ pub fn encode(deltas: &[SetDelta]) -> (Vec<u8>, usize) {
 
 /// Applies `deltas` as one transaction in the calling thread's network namespace.
 pub fn apply(deltas: &[SetDelta]) -> Result<(), NlError> {
-    let deltas: Vec<&SetDelta> = deltas.iter().filter(|d| !d.is_empty()).collect();
-    if deltas.is_empty() {
+    // Empty deltas add no message to the batch; nothing to change, no transaction.
+    if deltas.iter().all(SetDelta::is_empty) {
         return Ok(());
     }
-    let owned: Vec<SetDelta> = deltas.into_iter().cloned().collect();
-    let (batch, expected) = encode(&owned);
+    let (batch, expected) = encode(deltas);
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
