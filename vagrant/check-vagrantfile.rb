@@ -1,6 +1,6 @@
 # Loads the Vagrantfile with a recording stand-in for Vagrant (no Vagrant, no VMs needed) and
 # prints, as JSON, what each VM would get: its private networks with their options, its
-# provisioners and provider settings. lab/tests/vagrant.rs checks this against the topology
+# provisioners, and the top-level provider settings. lab/tests/vagrant.rs checks this against the topology
 # (no stock VM has a path around the gateway).
 #   ruby check-vagrantfile.rb VAGRANTFILE
 require "json"
@@ -37,6 +37,20 @@ end
 load ARGV.fetch(0)
 
 vms = {}
+provider = {}
+Vagrant::CONFIGS.each do |config|
+  # Top-level provider settings (`lv.x = y` inside `config.vm.provider "libvirt"`).
+  config.calls.each do |c|
+    next unless c["call"] == "vm"
+    c["inner"].each do |p|
+      next unless p["call"] == "provider"
+      settings = provider[p["args"].first] ||= {}
+      p["inner"].each do |x|
+        settings[x["call"].chomp("=")] = x["args"].first if x["call"].end_with?("=")
+      end
+    end
+  end
+end
 Vagrant::CONFIGS.each do |config|
   config.calls.each do |c|
     next unless c["call"] == "vm"
@@ -59,4 +73,4 @@ Vagrant::CONFIGS.each do |config|
     end
   end
 end
-puts JSON.pretty_generate(vms)
+puts JSON.pretty_generate({ "vms" => vms, "provider" => provider })

@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
 # Provisions one Stockade VM from the files `stockade-lab vagrant-files` rendered (the lab's
 # templates and the same code path as `stockade-lab up`), synced to /stockade.
-#   provision.sh HOST ROLE      (ROLE: client, service, monitor, stock, gateway)
+#   provision.sh HOST ROLE VAGRANT_HOST_IP   (ROLE: client, service, monitor, stock, gateway)
+# Each step says its name on failure ("provision: HOST: STEP failed"), for vagrant/test.sh.
 set -euo pipefail
 
 host=${1:?host}
 role=${2:?role}
+vagrant_host=${3:?the host address on the Vagrant network}
 src=${STOCKADE_SRC:-/stockade}
+step=start
+trap 'echo "provision: $host: step \"$step\" failed" >&2' ERR
 [ -d "$src/$host/root" ] || { echo "provision: $src/$host/root is missing (run stockade-lab vagrant-files)" >&2; exit 1; }
 
+# Packages: the Stockade box carries every one (vagrant/box/packages), so nothing is fetched;
+# a public box (STOCKADE_BOX=debian/bookworm64) installs the missing ones from its mirror.
+step=packages
 export DEBIAN_FRONTEND=noninteractive
 packages=(iproute2 ethtool nftables procps)
 case "$role" in
   service) packages+=(clamav-daemon) ;;
   monitor) packages+=(prometheus) ;;
 esac
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${packages[@]}"
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "provision: $host: installing ${missing[*]} (not in the box)"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
 
 # Binaries (the same build the lab runs), then every rendered file at its place.
+step=files
 install -m 0755 "$src"/bin/stockade* /usr/local/bin/
 cp -a "$src/$host/root/." /
 mkdir -p /var/lib/stockade/data /var/log/stockade /run/stockade
@@ -30,6 +45,7 @@ fi
 
 # Interfaces: rename each NIC by its MAC now (the .link files keep the names across boots),
 # then systemd-networkd gives them their addresses (none on the gateway's ports).
+step=interfaces
 while read -r mac name; do
   [ -n "$mac" ] || continue
   dev=$(ip -o link show | awk -v m="$mac" 'tolower($0) ~ "link/ether " m { sub(":$", "", $2); sub("@.*", "", $2); print $2; exit }')
@@ -47,6 +63,7 @@ sysctl -q --system
 systemctl enable systemd-networkd
 systemctl restart systemd-networkd
 
+step="$role setup"
 case "$role" in
   service)
     # Our clamd runs with the lab's config and signature database; Debian's own instance and
@@ -56,11 +73,6 @@ case "$role" in
     ;;
   stock)
     # The guard: on Vagrant's own NIC only SSH from the host passes (see guard.nft).
-    vagrant_host=$(ip -4 route show default | awk '{ print $3; exit }')
-    if [ -z "$vagrant_host" ]; then
-      echo "provision: cannot find the Vagrant host's address" >&2
-      exit 1
-    fi
     sed -i "s/VAGRANT_HOST_IP/$vagrant_host/" /etc/stockade/guard.nft
     nft -c -f /etc/stockade/guard.nft
     ;;
@@ -70,10 +82,15 @@ case "$role" in
     ;;
 esac
 
+step=units
 systemctl daemon-reload
 while read -r unit; do
   [ -n "$unit" ] || continue
-  systemctl enable "$unit"
-  systemctl restart "$unit"
+  step="start $unit"
+  systemctl enable --quiet "$unit"
+  if ! systemctl restart "$unit"; then
+    journalctl -u "$unit" -n 20 --no-pager >&2 || true
+    false
+  fi
 done < "$src/$host/units"
 echo "provision: $host ($role) is ready"

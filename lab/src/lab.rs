@@ -104,14 +104,26 @@ impl SlotLock {
 
 /// The first /28 of the documentation ranges that nothing in the root namespace overlaps.
 fn free_mgmt_slot() -> Result<Mgmt, LabError> {
+    let mut slots = free_mgmt_slots(1)?;
+    Ok(slots.remove(0))
+}
+
+/// The first `n` /28 slots of the documentation ranges that nothing in the root namespace
+/// overlaps (an address or route of this machine, of another lab, or of libvirt's networks):
+/// the lab takes one, the Vagrant VMs two (their management link and Vagrant's own network).
+pub fn free_mgmt_slots(n: usize) -> Result<Vec<Mgmt>, LabError> {
+    let mut free = vec![];
     for net in topology::MGMT_NETS {
         let used = netns::used_mgmt_slots(net)?;
-        if let Some(slot) = (0..topology::MGMT_SLOTS).find(|s| !used.contains(s)) {
-            return Mgmt::new(net, slot);
+        for slot in (0..topology::MGMT_SLOTS).filter(|s| !used.contains(s)) {
+            free.push(Mgmt::new(net, slot)?);
+            if free.len() == n {
+                return Ok(free);
+            }
         }
     }
     Err(LabError::Invalid(format!(
-        "every /28 of the management ranges {:?} (/24 each) is in use in the root namespace",
+        "fewer than {n} free /28 slots are left in the management ranges {:?} (/24 each): this machine's addresses and routes use the rest",
         topology::MGMT_NETS
     )))
 }

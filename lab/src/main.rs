@@ -107,7 +107,17 @@ enum Cmd {
         dataplane: Option<String>,
         #[arg(long)]
         manual_review: bool,
+        /// The VMs' management link, a documentation /28 (e.g. 203.0.113.16/28); default: the
+        /// first one that overlaps no address or route of this machine.
+        #[arg(long)]
+        mgmt_net: Option<String>,
+        /// Vagrant's own management network, chosen the same way.
+        #[arg(long)]
+        vagrant_net: Option<String>,
     },
+    /// Check, before anything is created, that a rendered topology.json's networks still
+    /// overlap no address or route of this machine.
+    VagrantCheck { topology: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -152,9 +162,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         rules,
         dataplane,
         manual_review,
+        mgmt_net,
+        vagrant_net,
     } = &cli.cmd
     {
+        let parse = |s: &Option<String>| s.as_deref().map(topology::Mgmt::parse_cidr).transpose();
+        let networks = vagrant::VmNetworks::choose(parse(mgmt_net)?, parse(vagrant_net)?)?;
         let t = vagrant::generate(&vagrant::VagrantOptions {
+            networks,
             out: out.clone(),
             bin_dir: bin_dir.clone(),
             rules: rules.clone(),
@@ -164,9 +179,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         let bad = vagrant::check_no_bypass(&t);
         anyhow::ensure!(bad.is_empty(), "topology check failed: {bad:?}");
         println!(
-            "wrote {} VMs' files to {} (then: cd vagrant && vagrant up)",
+            "wrote {} VMs' files to {} (management link {}, Vagrant's network {}; then: cd vagrant && vagrant up)",
             t.vms.len(),
-            out.display()
+            out.display(),
+            networks.mgmt,
+            networks.vagrant,
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Cmd::VagrantCheck { topology } = &cli.cmd {
+        let n = vagrant::check_rendered(topology)?;
+        println!(
+            "networks free: management link {}, Vagrant's network {}",
+            n.mgmt, n.vagrant
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -293,7 +318,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Probe { .. } | Cmd::VagrantFiles { .. } => unreachable!("handled above"),
+        Cmd::Probe { .. } | Cmd::VagrantFiles { .. } | Cmd::VagrantCheck { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -62,6 +62,12 @@ pub fn ns_pids(ns: &str) -> Vec<i32> {
 /// The /28 slots of the documentation /24 `net` that the root namespace already uses (an
 /// address or a route of another lab, or of the machine's own network).
 pub fn used_mgmt_slots(net: Ipv4Addr) -> Result<Vec<u8>, LabError> {
+    Ok(mgmt_slot_users(net)?.into_iter().map(|(s, _)| s).collect())
+}
+
+/// Each used /28 slot of `net` with what uses it (`192.0.2.2/24 (address)`, `192.0.2.0/24
+/// (route)`), for an error that names the collision.
+pub fn mgmt_slot_users(net: Ipv4Addr) -> Result<Vec<(u8, String)>, LabError> {
     let out = ip(&["-4", "-o", "addr", "show"])?;
     let mut slots = vec![];
     for line in out.lines() {
@@ -71,7 +77,12 @@ pub fn used_mgmt_slots(net: Ipv4Addr) -> Result<Vec<u8>, LabError> {
                 if let Some(addr) = it.next() {
                     let (a, len) = addr.split_once('/').unwrap_or((addr, "32"));
                     if let (Ok(a), Ok(len)) = (a.parse::<Ipv4Addr>(), len.parse::<u8>()) {
-                        slots.extend(slots_covered(net, a, len));
+                        let user = format!("address {addr}");
+                        slots.extend(
+                            slots_covered(net, a, len)
+                                .into_iter()
+                                .map(|s| (s, user.clone())),
+                        );
                     }
                 }
             }
@@ -82,12 +93,17 @@ pub fn used_mgmt_slots(net: Ipv4Addr) -> Result<Vec<u8>, LabError> {
         if let Some(dst) = line.split_whitespace().next() {
             let (a, len) = dst.split_once('/').unwrap_or((dst, "32"));
             if let (Ok(a), Ok(len)) = (a.parse::<Ipv4Addr>(), len.parse::<u8>()) {
-                slots.extend(slots_covered(net, a, len));
+                let user = format!("route {dst}");
+                slots.extend(
+                    slots_covered(net, a, len)
+                        .into_iter()
+                        .map(|s| (s, user.clone())),
+                );
             }
         }
     }
-    slots.sort_unstable();
-    slots.dedup();
+    slots.sort();
+    slots.dedup_by_key(|(s, _)| *s);
     Ok(slots)
 }
 

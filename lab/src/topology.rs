@@ -184,6 +184,36 @@ impl Mgmt {
     pub fn network(&self) -> Ipv4Addr {
         self.addr(0)
     }
+
+    /// Parses a slot written as `203.0.113.16/28` (a /28 of one of `MGMT_NETS`, on its boundary).
+    pub fn parse_cidr(s: &str) -> Result<Self, LabError> {
+        let bad = |why: &str| {
+            LabError::Invalid(format!(
+                "management network {s:?}: {why} (write a /28 of {}, e.g. 203.0.113.16/28)",
+                MGMT_NETS.map(|n| format!("{n}/24")).join(" or ")
+            ))
+        };
+        let (a, len) = s.split_once('/').ok_or_else(|| bad("no prefix length"))?;
+        let a: Ipv4Addr = a.parse().map_err(|_| bad("not an IPv4 address"))?;
+        if len != MGMT_PREFIX_LEN.to_string() {
+            return Err(bad("not a /28"));
+        }
+        let o = a.octets();
+        if !o[3].is_multiple_of(16) {
+            return Err(bad("not on a /28 boundary"));
+        }
+        let net = Ipv4Addr::new(o[0], o[1], o[2], 0);
+        if !MGMT_NETS.contains(&net) {
+            return Err(bad("not in a documentation range"));
+        }
+        Self::new(net, o[3] / 16)
+    }
+}
+
+impl std::fmt::Display for Mgmt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{MGMT_PREFIX_LEN}", self.network())
+    }
 }
 
 /// The names of one lab: every namespace is `<prefix>-<name>`, and the only link in the root
@@ -286,5 +316,24 @@ mod tests {
         assert_eq!(m.of(&STOCK1), None);
         assert!(Mgmt::new(MGMT_NETS[0], 16).is_err());
         assert!(Mgmt::new(Ipv4Addr::new(10, 0, 0, 0), 0).is_err());
+    }
+
+    #[test]
+    fn management_slots_from_cidr() {
+        let m = Mgmt::parse_cidr("203.0.113.16/28").unwrap();
+        assert_eq!(m, Mgmt::new(MGMT_NETS[1], 1).unwrap());
+        assert_eq!(m.to_string(), "203.0.113.16/28");
+        assert_eq!(Mgmt::parse_cidr("192.0.2.0/28").unwrap().slot, 0);
+        for bad in [
+            "203.0.113.17/28",
+            "203.0.113.16/24",
+            "192.168.121.0/28",
+            "10.0.0.0/28",
+            "203.0.113.16",
+            "x/28",
+        ] {
+            let e = Mgmt::parse_cidr(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
     }
 }

@@ -22,9 +22,6 @@ use crate::render::{self, Layout, Settings};
 use crate::topology::{self, Mgmt, Role, Segment};
 use crate::{sh, LabError};
 
-/// The management slot the VMs use (192.0.2.0/28: gateway .1, monitor .2, services .3/.4,
-/// the Vagrant host .14).
-pub const VM_MGMT_SLOT: u8 = 0;
 pub const BIN_DIR: &str = "/usr/local/bin";
 /// Replaced by `provision.sh` with the Vagrant host's address on the VM's own NIC.
 pub const VAGRANT_HOST_MARKER: &str = "VAGRANT_HOST_IP";
@@ -32,8 +29,75 @@ pub const VAGRANT_HOST_MARKER: &str = "VAGRANT_HOST_IP";
 #[derive(Debug, Clone, Serialize)]
 pub struct Topology {
     pub networks: Vec<Network>,
+    /// Vagrant's own management network (vagrant-libvirt's `management_network_*`): SSH and
+    /// provisioning only, isolated (no NAT, no route off the host).
+    pub vagrant_network: VagrantNetwork,
     pub vms: Vec<Vm>,
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VagrantNetwork {
+    pub name: String,
+    /// `203.0.113.16/28`: a documentation /28, as the lab chooses its management slot.
+    pub address: String,
+    /// The host's address on it (libvirt takes the first), which the stock VMs' guard admits
+    /// for SSH.
+    pub host_ip: String,
+}
+
+/// The two host-joined networks of the VMs: the management link (gateway, monitor, services'
+/// admin addresses, the host) and Vagrant's own network. Two distinct documentation /28s that
+/// overlap no address or route of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmNetworks {
+    pub mgmt: Mgmt,
+    pub vagrant: Mgmt,
+}
+
+impl VmNetworks {
+    /// Takes the given slots (checked against the host's addresses and routes) and chooses the
+    /// missing ones as the lab does: the first free /28s.
+    pub fn choose(mgmt: Option<Mgmt>, vagrant: Option<Mgmt>) -> Result<Self, LabError> {
+        for m in [mgmt, vagrant].into_iter().flatten() {
+            check_free(&m)?;
+        }
+        let mut free = crate::lab::free_mgmt_slots(3)?
+            .into_iter()
+            .filter(|m| Some(*m) != mgmt && Some(*m) != vagrant);
+        let mut next = || {
+            free.next()
+                .ok_or_else(|| LabError::Invalid("no free management slot is left".into()))
+        };
+        let mgmt = match mgmt {
+            Some(m) => m,
+            None => next()?,
+        };
+        let vagrant = match vagrant {
+            Some(m) => m,
+            None => next()?,
+        };
+        if mgmt == vagrant {
+            return Err(LabError::Invalid(format!(
+                "the management link and Vagrant's network are both {mgmt}: they must differ"
+            )));
+        }
+        Ok(Self { mgmt, vagrant })
+    }
+}
+
+/// Fails, in one sentence naming the collision, when a host address or route overlaps `m`.
+pub fn check_free(m: &Mgmt) -> Result<(), LabError> {
+    let users = crate::netns::mgmt_slot_users(m.net)?;
+    if let Some((_, user)) = users.iter().find(|(s, _)| *s == m.slot) {
+        return Err(LabError::Invalid(format!(
+            "network {m} collides with this machine's {user}: choose another documentation /28 (or let stockade-lab choose)"
+        )));
+    }
+    Ok(())
+}
+
+/// The name of Vagrant's own network in libvirt.
+pub const NET_VAGRANT: &str = "stockade-vagrant";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Network {
@@ -79,11 +143,8 @@ fn role_name(r: Role) -> &'static str {
 
 /// The VMs and their NICs (the Vagrant NAT/management NIC of each box is not listed: see the
 /// stock VMs' guard).
-pub fn topology() -> Topology {
-    let mgmt = Mgmt {
-        net: topology::MGMT_NETS[0],
-        slot: VM_MGMT_SLOT,
-    };
+pub fn topology(nets: &VmNetworks) -> Topology {
+    let mgmt = nets.mgmt;
     let nic = |network: &str, ip: Ipv4Addr, name: &str, len: u8| Nic {
         network: network.into(),
         mac: topology::mac_for(ip),
@@ -142,8 +203,42 @@ pub fn topology() -> Topology {
                 netmask: "255.255.255.240".into(),
             },
         ],
+        vagrant_network: VagrantNetwork {
+            name: NET_VAGRANT.into(),
+            address: nets.vagrant.to_string(),
+            host_ip: nets.vagrant.addr(1).to_string(),
+        },
         vms,
     }
+}
+
+/// Checks, before anything is created, that the host-joined networks of a rendered
+/// `topology.json` still overlap no address or route of this machine.
+pub fn check_rendered(topology_json: &Path) -> Result<VmNetworks, LabError> {
+    let text = fs::read_to_string(topology_json)
+        .map_err(|e| LabError::io(format!("reading {}", topology_json.display()), e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let field = |ptr: &str| {
+        v.pointer(ptr)
+            .and_then(|x| x.as_str())
+            .ok_or_else(|| LabError::Invalid(format!("{}: no {ptr}", topology_json.display())))
+    };
+    let vagrant = Mgmt::parse_cidr(field("/vagrant_network/address")?)?;
+    let mgmt_net = v
+        .pointer("/networks")
+        .and_then(|n| n.as_array())
+        .and_then(|n| n.iter().find(|n| n["name"] == NET_MGMT))
+        .and_then(|n| n["network_address"].as_str())
+        .ok_or_else(|| {
+            LabError::Invalid(format!(
+                "{}: no {NET_MGMT} network",
+                topology_json.display()
+            ))
+        })?;
+    let mgmt = Mgmt::parse_cidr(&format!("{mgmt_net}/{}", topology::MGMT_PREFIX_LEN))?;
+    check_free(&mgmt)?;
+    check_free(&vagrant)?;
+    Ok(VmNetworks { mgmt, vagrant })
 }
 
 /// Options of `vagrant-files`.
@@ -154,17 +249,15 @@ pub struct VagrantOptions {
     pub rules: Option<PathBuf>,
     pub dataplane: Option<String>,
     pub auto_approve_ethics: bool,
+    pub networks: VmNetworks,
 }
 
 /// Writes everything the VMs need into `opts.out`.
 pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
     let out = &opts.out;
-    let topo = topology();
+    let topo = topology(&opts.networks);
     let layout = Layout::Vm;
-    let mgmt = Mgmt {
-        net: topology::MGMT_NETS[0],
-        slot: VM_MGMT_SLOT,
-    };
+    let mgmt = opts.networks.mgmt;
     let settings = Settings {
         layout: layout.clone(),
         mgmt,
@@ -193,6 +286,14 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
         })?;
         fs::copy(&src, bin_out.join(b))
             .map_err(|e| LabError::io(format!("copying {}", src.display()), e))?;
+        // The VMs need no debug info (a debug build's is hundreds of MB to sync per VM).
+        sh::run(
+            "strip",
+            &[
+                "--strip-debug".into(),
+                bin_out.join(b).display().to_string(),
+            ],
+        )?;
         if b == "stockade-service" {
             service_bin = Some(src);
         }
@@ -375,6 +476,12 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
 /// A stock VM's guard on every interface but its data NIC: Vagrant attaches each VM to its own
 /// management/NAT network, which must not become a path to the stock server. Only SSH from the
 /// Vagrant host passes; the stock server itself starts nothing there.
+///
+/// Two stateless output rules, both toward the Vagrant host only: SSH replies (the session that
+/// loads this guard predates it, and conntrack cannot follow a TCP connection it picked up
+/// mid-stream with window scaling: its packets would be INVALID and the session would hang),
+/// and DHCP renewals to libvirt's dnsmasq (unicast UDP 68 -> 67; the first request and rebinding
+/// go over packet sockets, which nftables does not see; without renewals the lease lapses).
 pub fn stock_guard() -> String {
     format!(
         "#!/usr/sbin/nft -f\n# Generated by stockade-lab: the stock VM is reachable only through the gateway.\n\
@@ -382,7 +489,7 @@ table inet stockade_guard\ndelete table inet stockade_guard\n\
 table inet stockade_guard {{\n\
   chain input {{\n    type filter hook input priority -10; policy drop;\n    iifname \"lo\" accept\n    iifname \"{DATA_IF}\" accept\n    ct state established,related accept\n    ip saddr {VAGRANT_HOST_MARKER} tcp dport 22 accept\n  }}\n\
   chain forward {{\n    type filter hook forward priority -10; policy drop;\n  }}\n\
-  chain output {{\n    type filter hook output priority -10; policy drop;\n    oifname \"lo\" accept\n    oifname \"{DATA_IF}\" accept\n    ct state established,related accept\n  }}\n\
+  chain output {{\n    type filter hook output priority -10; policy drop;\n    oifname \"lo\" accept\n    oifname \"{DATA_IF}\" accept\n    ct state established,related accept\n    ip daddr {VAGRANT_HOST_MARKER} tcp sport 22 accept\n    ip daddr {VAGRANT_HOST_MARKER} udp sport 68 udp dport 67 accept\n  }}\n\
 }}\n"
     )
 }
@@ -436,9 +543,26 @@ pub fn check_no_bypass(t: &Topology) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn nets() -> VmNetworks {
+        VmNetworks {
+            mgmt: Mgmt::parse_cidr("203.0.113.32/28").unwrap(),
+            vagrant: Mgmt::parse_cidr("203.0.113.48/28").unwrap(),
+        }
+    }
+
+    #[test]
+    fn vagrant_network_is_a_documentation_slot() {
+        let t = topology(&nets());
+        assert_eq!(t.vagrant_network.address, "203.0.113.48/28");
+        assert_eq!(t.vagrant_network.host_ip, "203.0.113.49");
+        let m = t.networks.iter().find(|n| n.name == NET_MGMT).unwrap();
+        assert_eq!(m.network_address, "203.0.113.32");
+        assert_eq!(m.host_ip.as_deref(), Some("203.0.113.46"));
+    }
+
     #[test]
     fn topology_has_no_bypass() {
-        let t = topology();
+        let t = topology(&nets());
         assert!(check_no_bypass(&t).is_empty(), "{:?}", check_no_bypass(&t));
         assert_eq!(t.vms.len(), 8);
         // Breaking it is caught.
@@ -462,5 +586,23 @@ mod tests {
             "ip saddr {VAGRANT_HOST_MARKER} tcp dport 22 accept"
         )));
         assert!(g.contains("chain forward"));
+        // The output chain: replies to the provisioning SSH session that loads the guard, and
+        // DHCP renewals, both toward the Vagrant host only; nothing else leaves but on `data`.
+        let output = &g[g.find("chain output").unwrap()..];
+        let rules: Vec<&str> = output
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.ends_with("accept"))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "oifname \"lo\" accept".to_string(),
+                format!("oifname \"{DATA_IF}\" accept"),
+                "ct state established,related accept".to_string(),
+                format!("ip daddr {VAGRANT_HOST_MARKER} tcp sport 22 accept"),
+                format!("ip daddr {VAGRANT_HOST_MARKER} udp sport 68 udp dport 67 accept"),
+            ]
+        );
     }
 }

@@ -114,7 +114,27 @@ fn rendered_vm_files_are_consistent() {
     assert!(
         svc.contains("https://198.51.100.50:7443") && svc.contains("https://198.51.100.51:7443")
     );
-    assert!(svc.contains("metrics_listen: 192.0.2.3:9101"));
+    // The management link is the documentation /28 stockade-lab chose (never the host's own).
+    let mgmt_net = topo["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "stockade-mgmt")
+        .unwrap()["network_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o: Vec<u8> = mgmt_net.split('.').map(|x| x.parse().unwrap()).collect();
+    let service1_admin = format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3] + 3);
+    assert!(
+        svc.contains(&format!("metrics_listen: {service1_admin}:9101")),
+        "{svc}"
+    );
+    assert_ne!(
+        topo["vagrant_network"]["address"],
+        format!("{mgmt_net}/28"),
+        "the two host-joined networks must differ"
+    );
 
     // Units: syntax and commands (with the binaries where this build has them).
     if have("systemd-analyze") {
@@ -185,12 +205,33 @@ fn rendered_vm_files_are_consistent() {
     }
 }
 
+/// Every script of vagrant/ (provisioning, the box build, the VM test): `bash -n`, and
+/// shellcheck, which CI installs (under CI a missing shellcheck fails this test).
 #[test]
-fn provisioning_script_is_sound() {
-    let script = repo().join("vagrant/provision.sh");
-    check(Command::new("bash").arg("-n").arg(&script), "bash -n");
+fn vagrant_scripts_are_sound() {
+    let scripts = [
+        "vagrant/provision.sh",
+        "vagrant/lib.sh",
+        "vagrant/test.sh",
+        "vagrant/box/build.sh",
+        "vagrant/box/customize.sh",
+    ];
+    for s in scripts {
+        check(
+            Command::new("bash").arg("-n").arg(repo().join(s)),
+            "bash -n",
+        );
+    }
     if have("shellcheck") {
-        check(Command::new("shellcheck").arg(&script), "shellcheck");
+        check(
+            Command::new("shellcheck")
+                .arg("-x")
+                .current_dir(repo())
+                .args(scripts),
+            "shellcheck",
+        );
+    } else if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("shellcheck is not installed: .ci/run must install it");
     } else {
         eprintln!("shellcheck not installed (apt-get install shellcheck): skipped");
     }
@@ -219,8 +260,26 @@ fn vagrantfile_gives_stock_vms_no_path_around_the_gateway() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let vms = vms.as_object().unwrap();
+    let loaded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Vagrant's own network: the documentation /28 of topology.json, isolated, IPv4 only (not
+    // vagrant-libvirt's default 192.168.121.0/24 with NAT).
+    let topo: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(vagrant.join("generated/topology.json")).unwrap(),
+    )
+    .unwrap();
+    let lv = &loaded["provider"]["libvirt"];
+    assert_eq!(
+        lv["management_network_address"], topo["vagrant_network"]["address"],
+        "{lv}"
+    );
+    let addr = lv["management_network_address"].as_str().unwrap();
+    assert!(
+        addr.starts_with("192.0.2.") || addr.starts_with("203.0.113."),
+        "{addr}"
+    );
+    assert_eq!(lv["management_network_mode"], "none", "{lv}");
+    assert_eq!(lv["management_network_guest_ipv6"], "no", "{lv}");
+    let vms = loaded["vms"].as_object().unwrap();
     assert_eq!(vms.len(), 8, "{vms:?}");
     for (name, vm) in vms {
         let nets: Vec<&str> = vm["networks"]
@@ -244,6 +303,14 @@ fn vagrantfile_gives_stock_vms_no_path_around_the_gateway() {
         let prov = vm["provision"].as_array().unwrap();
         assert_eq!(prov.len(), 1, "{name}");
         assert_eq!(prov[0]["path"], "provision.sh");
+        assert!(
+            prov[0]["args"]
+                .as_str()
+                .unwrap()
+                .contains(topo["vagrant_network"]["host_ip"].as_str().unwrap()),
+            "{name}: {}",
+            prov[0]
+        );
     }
 }
 
