@@ -14,6 +14,8 @@ use std::path::PathBuf;
 )]
 pub struct Cli {
     #[command(flatten)]
+    pub log: stockade_logging::LogArgs,
+    #[command(flatten)]
     pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,

@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    stockade_proto::init_logging();
+    stockade_logging::init(cli.log.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ClientError>() {

@@ -25,6 +25,8 @@ use tracing::{error, info};
     about = "Stockade's packet-filter gateway (firewall 45 of JP H11-73391)"
 )]
 struct Cli {
+    #[command(flatten)]
+    log: stockade_logging::LogArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -144,9 +146,10 @@ enum ConntrackOp {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_format = cli.log.log_format;
     let result = match cli.cmd {
         Cmd::Run(args) => {
-            init_tracing();
+            stockade_logging::init(log_format);
             run(args).map(|()| ExitCode::SUCCESS)
         }
         Cmd::Check { file } => {
@@ -165,15 +168,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn run(args: RunArgs) -> Result<()> {

@@ -18,6 +18,8 @@ use stockade_lab::{probe, topology, vagrant};
     after_help = "Start here:  stockade-lab up && stockade-lab demo   (as root; `stockade-lab down` removes everything)"
 )]
 struct Cli {
+    #[command(flatten)]
+    log: stockade_logging::LogArgs,
     /// Names every namespace (`PREFIX-client1`, ...) and the root link (`PREFIX-mg`).
     #[arg(long, global = true, default_value = lab::DEFAULT_PREFIX, env = "STOCKADE_LAB_PREFIX")]
     prefix: String,
@@ -122,12 +124,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    stockade_logging::init(cli.log.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

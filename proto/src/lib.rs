@@ -26,13 +26,3 @@ pub const PUSH_PORT: u16 = 7137;
 pub const STOCK_API_PORT: u16 = 7443;
 /// The stock server's metrics port (TLS, monitoring host certificate required).
 pub const STOCK_METRICS_PORT: u16 = 9443;
-
-/// Installs a `tracing` subscriber that logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}

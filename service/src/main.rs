@@ -17,6 +17,8 @@ use stockade_service::{api, metrics::Metrics, review, stock_client::StockClients
     about = "Stockade service server: public upload API, quarantine and review (Fig. 5), server passwords"
 )]
 struct Cli {
+    #[command(flatten)]
+    log: stockade_logging::LogArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -149,8 +151,9 @@ enum ReviewCmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    stockade_proto::init_logging();
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    stockade_logging::init(cli.log.log_format);
+    match cli.cmd {
         Cmd::CheckConfig { config } => {
             ServiceConfig::load(&config)?;
             println!("{}: ok", config.display());

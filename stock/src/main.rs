@@ -15,6 +15,8 @@ use stockade_stock::{
     about = "Stockade stock server: per-account encryption, durable object store, one-way push to clients"
 )]
 struct Cli {
+    #[command(flatten)]
+    log: stockade_logging::LogArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -36,8 +38,9 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    stockade_proto::init_logging();
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    stockade_logging::init(cli.log.log_format);
+    match cli.cmd {
         Cmd::CheckConfig { config } => {
             StockConfig::load(&config)?;
             println!("{}: ok", config.display());

@@ -25,6 +25,14 @@ fn first_upload_review_store_and_push_download_61_to_87_121_to_137() {
     assert!(out.contains("downloaded cat.png"), "{out}");
     assert_eq!(std::fs::read(&dest).unwrap(), img);
 
+    // The daemons' logs, written to files as under systemd: plain text, no ANSI escape codes.
+    let logs = sys.logs();
+    assert!(logs.contains(" INFO "), "no log lines: {logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escape codes in the log files: {logs}"
+    );
+
     // 85: at rest on the stock server the image is encrypted: no stored file holds its pixels.
     let stored: Vec<_> = ["stock-1-data", "stock-2-data"]
         .iter()
