@@ -127,8 +127,11 @@ run() {
   child=""
   return "$rc"
 }
+# The original stderr: a trap runs inside the redirections of the command it interrupts
+# (`run vagrant up >up.log 2>&1`), and its words must reach the user, not that log.
+exec 8>&2
 interrupted() {
-  say "vagrant: interrupted; cleaning up"
+  say "vagrant: interrupted; cleaning up" 2>&8
   if [ -n "$child" ]; then
     kill -TERM "$child" 2>/dev/null || true
     wait "$child" 2>/dev/null || true
@@ -146,7 +149,7 @@ fail() {
     boot | accel)
       if [ -s "$console" ]; then
         say "--- last lines of $vm's serial console ($console)"
-        tail -n 25 "$console" | tr -d '\r' >&2
+        tail -n 25 "$console" | tr -d '\r' | sed 's/\x1b\[[0-9;]*m//g' >&2
       fi
       [ -f "$work/up.log" ] && { say "--- last lines of vagrant up"; grep -v Progress "$work/up.log" | tail -n 10 >&2; }
       ;;
