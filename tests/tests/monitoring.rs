@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use stockade_lab::{topology, vagrant};
 use stockade_tests::lab::have;
 use stockade_tests::{bin, text};
 
@@ -62,13 +63,23 @@ fn prometheus_config_is_the_one_the_lab_template_renders() {
     );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("generated");
-    check(
-        Command::new(bin("stockade-lab"))
-            .arg("vagrant-files")
-            .arg(&out)
-            .env("RUST_LOG", "warn"),
-        "stockade-lab vagrant-files",
-    );
+    // Rendered with the documented networks, not the ones `vagrant-files` would choose on this
+    // machine: the chosen slot depends on the host's own addresses (on a host whose eth0 is in
+    // 192.0.2.0/24 it is 203.0.113.0/28), and the file in the repository must not.
+    let mgmt = |cidr: &str| topology::Mgmt::parse_cidr(cidr).unwrap();
+    let bin_dir = bin("stockade-lab").parent().unwrap().to_path_buf();
+    vagrant::generate(&vagrant::VagrantOptions {
+        out: out.clone(),
+        bin_dir: Some(bin_dir),
+        rules: None,
+        dataplane: None,
+        auto_approve_ethics: true,
+        networks: vagrant::VmNetworks {
+            mgmt: mgmt("192.0.2.0/28"),
+            vagrant: mgmt("192.0.2.16/28"),
+        },
+    })
+    .expect("rendering the VMs' files");
     let monitor = out.join("monitor/root");
     let rendered = std::fs::read_to_string(monitor.join("etc/prometheus/prometheus.yml")).unwrap();
     let rendered_alerts =
