@@ -1,6 +1,6 @@
 # Loads the Vagrantfile with a recording stand-in for Vagrant (no Vagrant, no VMs needed) and
 # prints, as JSON, what each VM would get: its private networks with their options, its
-# provisioners, and the top-level provider settings. lab/tests/vagrant.rs checks this against the topology
+# provisioners, its provider settings, and the top-level provider settings. lab/tests/vagrant.rs checks this against the topology
 # (no stock VM has a path around the gateway).
 #   ruby check-vagrantfile.rb VAGRANTFILE
 require "json"
@@ -58,18 +58,26 @@ Vagrant::CONFIGS.each do |config|
       next unless d["call"] == "define"
       nets = []
       provision = []
+      # This VM's own provider settings (`lv.x = y` inside `node.vm.provider`), over the
+      # top-level ones.
+      own = Marshal.load(Marshal.dump(provider))
       walk = lambda do |calls|
         calls.each do |x|
           if x["call"] == "network" && x["args"].first == "private_network"
             nets << x["options"]
           elsif x["call"] == "provision"
             provision << x["options"].merge("provisioner" => x["args"].first)
+          elsif x["call"] == "provider"
+            settings = own[x["args"].first] ||= {}
+            x["inner"].each do |y|
+              settings[y["call"].chomp("=")] = y["args"].first if y["call"].end_with?("=")
+            end
           end
           walk.call(x["inner"])
         end
       end
       walk.call(d["inner"])
-      vms[d["args"].first] = { "networks" => nets, "provision" => provision }
+      vms[d["args"].first] = { "networks" => nets, "provision" => provision, "provider" => own }
     end
   end
 end

@@ -59,7 +59,8 @@ while read -r mac name; do
   fi
   ip link set dev "$name" up
 done < "$src/$host/nics"
-sysctl -q --system
+# systemd-sysctl, as at boot: it expands the globs of 90-stockade.conf (rp_filter on every NIC).
+/lib/systemd/systemd-sysctl
 systemctl enable systemd-networkd
 systemctl restart systemd-networkd
 

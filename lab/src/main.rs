@@ -113,9 +113,12 @@ enum Cmd {
         /// first one that overlaps no address or route of this machine.
         #[arg(long)]
         mgmt_net: Option<String>,
-        /// Vagrant's own management network, chosen the same way.
+        /// Vagrant's own management network for every VM but the stock VMs, chosen the same way.
         #[arg(long)]
         vagrant_net: Option<String>,
+        /// Vagrant's own management network for the stock VMs alone, chosen the same way.
+        #[arg(long)]
+        vagrant_stock_net: Option<String>,
     },
     /// Check, before anything is created, that a rendered topology.json's networks still
     /// overlap no address or route of this machine.
@@ -161,10 +164,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         manual_review,
         mgmt_net,
         vagrant_net,
+        vagrant_stock_net,
     } = &cli.cmd
     {
         let parse = |s: &Option<String>| s.as_deref().map(topology::Mgmt::parse_cidr).transpose();
-        let networks = vagrant::VmNetworks::choose(parse(mgmt_net)?, parse(vagrant_net)?)?;
+        let networks = vagrant::VmNetworks::choose(
+            parse(mgmt_net)?,
+            parse(vagrant_net)?,
+            parse(vagrant_stock_net)?,
+        )?;
         let t = vagrant::generate(&vagrant::VagrantOptions {
             networks,
             out: out.clone(),
@@ -176,19 +184,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         let bad = vagrant::check_no_bypass(&t);
         anyhow::ensure!(bad.is_empty(), "topology check failed: {bad:?}");
         println!(
-            "wrote {} VMs' files to {} (management link {}, Vagrant's network {}; then: cd vagrant && vagrant up)",
+            "wrote {} VMs' files to {} (management link {}, Vagrant's networks {} and {} for the stock VMs; then: cd vagrant && vagrant up)",
             t.vms.len(),
             out.display(),
             networks.mgmt,
             networks.vagrant,
+            networks.vagrant_stock,
         );
         return Ok(ExitCode::SUCCESS);
     }
     if let Cmd::VagrantCheck { topology } = &cli.cmd {
         let n = vagrant::check_rendered(topology)?;
         println!(
-            "networks free: management link {}, Vagrant's network {}",
-            n.mgmt, n.vagrant
+            "networks free: management link {}, Vagrant's networks {} and {} (stock VMs)",
+            n.mgmt, n.vagrant, n.vagrant_stock
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -29,9 +29,11 @@ pub const VAGRANT_HOST_MARKER: &str = "VAGRANT_HOST_IP";
 #[derive(Debug, Clone, Serialize)]
 pub struct Topology {
     pub networks: Vec<Network>,
-    /// Vagrant's own management network (vagrant-libvirt's `management_network_*`): SSH and
-    /// provisioning only, isolated (no NAT, no route off the host).
-    pub vagrant_network: VagrantNetwork,
+    /// Vagrant's own management networks (vagrant-libvirt's `management_network_*`): SSH and
+    /// provisioning only, isolated (no NAT, no route off the host). Two of them, so that no VM
+    /// shares a link with a stock VM except the gateway's inside port: [`NET_VAGRANT`] for every
+    /// other VM, [`NET_VAGRANT_STOCK`] for the stock VMs alone.
+    pub vagrant_networks: Vec<VagrantNetwork>,
     pub vms: Vec<Vm>,
 }
 
@@ -45,43 +47,60 @@ pub struct VagrantNetwork {
     pub host_ip: String,
 }
 
-/// The two host-joined networks of the VMs: the management link (gateway, monitor, services'
-/// admin addresses, the host) and Vagrant's own network. Two distinct documentation /28s that
-/// overlap no address or route of the host.
+/// The host-joined networks of the VMs: the management link (gateway, monitor, services'
+/// admin addresses, the host) and Vagrant's own two networks (the stock VMs on one of their
+/// own). Three distinct documentation /28s that overlap no address or route of the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmNetworks {
     pub mgmt: Mgmt,
     pub vagrant: Mgmt,
+    pub vagrant_stock: Mgmt,
 }
 
 impl VmNetworks {
     /// Takes the given slots (checked against the host's addresses and routes) and chooses the
     /// missing ones as the lab does: the first free /28s.
-    pub fn choose(mgmt: Option<Mgmt>, vagrant: Option<Mgmt>) -> Result<Self, LabError> {
-        for m in [mgmt, vagrant].into_iter().flatten() {
+    pub fn choose(
+        mgmt: Option<Mgmt>,
+        vagrant: Option<Mgmt>,
+        vagrant_stock: Option<Mgmt>,
+    ) -> Result<Self, LabError> {
+        let given = [mgmt, vagrant, vagrant_stock];
+        for m in given.into_iter().flatten() {
             check_free(&m)?;
         }
-        let mut free = crate::lab::free_mgmt_slots(3)?
+        let mut free = crate::lab::free_mgmt_slots(3 + given.iter().flatten().count())?
             .into_iter()
-            .filter(|m| Some(*m) != mgmt && Some(*m) != vagrant);
-        let mut next = || {
-            free.next()
-                .ok_or_else(|| LabError::Invalid("no free management slot is left".into()))
+            .filter(|m| !given.contains(&Some(*m)));
+        let mut take = |m: Option<Mgmt>| match m {
+            Some(m) => Ok(m),
+            None => free
+                .next()
+                .ok_or_else(|| LabError::Invalid("no free management slot is left".into())),
         };
-        let mgmt = match mgmt {
-            Some(m) => m,
-            None => next()?,
+        let n = Self {
+            mgmt: take(mgmt)?,
+            vagrant: take(vagrant)?,
+            vagrant_stock: take(vagrant_stock)?,
         };
-        let vagrant = match vagrant {
-            Some(m) => m,
-            None => next()?,
-        };
-        if mgmt == vagrant {
-            return Err(LabError::Invalid(format!(
-                "the management link and Vagrant's network are both {mgmt}: they must differ"
-            )));
+        n.check_distinct()?;
+        Ok(n)
+    }
+
+    fn check_distinct(&self) -> Result<(), LabError> {
+        let all = [
+            ("the management link", self.mgmt),
+            ("Vagrant's network", self.vagrant),
+            ("Vagrant's network for the stock VMs", self.vagrant_stock),
+        ];
+        for (i, (a, m)) in all.iter().enumerate() {
+            if let Some((b, _)) = all[i + 1..].iter().find(|(_, n)| n == m) {
+                return Err(LabError::Invalid(format!(
+                    "{a} and {b} are both {m}: they must differ"
+                )));
+            }
         }
-        Ok(Self { mgmt, vagrant })
+        Ok(())
     }
 }
 
@@ -96,8 +115,11 @@ pub fn check_free(m: &Mgmt) -> Result<(), LabError> {
     Ok(())
 }
 
-/// The name of Vagrant's own network in libvirt.
+/// Vagrant's own network in libvirt, for every VM but the stock VMs.
 pub const NET_VAGRANT: &str = "stockade-vagrant";
+/// Vagrant's own network for the stock VMs alone: only the host (which forwards nothing
+/// between its networks) shares it with them.
+pub const NET_VAGRANT_STOCK: &str = "stockade-vagrant-stock";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Network {
@@ -113,6 +135,9 @@ pub struct Network {
 pub struct Vm {
     pub name: String,
     pub role: String,
+    /// The network of the box's own first NIC (DHCP from libvirt; SSH and provisioning): one
+    /// of `Topology::vagrant_networks`.
+    pub vagrant_network: String,
     pub nics: Vec<Nic>,
 }
 
@@ -141,8 +166,8 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
-/// The VMs and their NICs (the Vagrant NAT/management NIC of each box is not listed: see the
-/// stock VMs' guard).
+/// The VMs and their NICs (the box's own NIC, on Vagrant's network, is `Vm::vagrant_network`;
+/// the Vagrantfile does not create it).
 pub fn topology(nets: &VmNetworks) -> Topology {
     let mgmt = nets.mgmt;
     let nic = |network: &str, ip: Ipv4Addr, name: &str, len: u8| Nic {
@@ -165,6 +190,11 @@ pub fn topology(nets: &VmNetworks) -> Topology {
         vms.push(Vm {
             name: h.name.into(),
             role: role_name(h.role).into(),
+            vagrant_network: match h.role {
+                Role::Stock => NET_VAGRANT_STOCK,
+                _ => NET_VAGRANT,
+            }
+            .into(),
             nics,
         });
     }
@@ -178,6 +208,7 @@ pub fn topology(nets: &VmNetworks) -> Topology {
     vms.push(Vm {
         name: topology::GATEWAY.into(),
         role: "gateway".into(),
+        vagrant_network: NET_VAGRANT.into(),
         nics: vec![
             port(NET_OUTSIDE, GATEWAY_OUTSIDE_MAC, topology::GATEWAY_OUTSIDE),
             port(NET_INSIDE, GATEWAY_INSIDE_MAC, topology::GATEWAY_INSIDE),
@@ -203,11 +234,17 @@ pub fn topology(nets: &VmNetworks) -> Topology {
                 netmask: "255.255.255.240".into(),
             },
         ],
-        vagrant_network: VagrantNetwork {
-            name: NET_VAGRANT.into(),
-            address: nets.vagrant.to_string(),
-            host_ip: nets.vagrant.addr(1).to_string(),
-        },
+        vagrant_networks: [
+            (NET_VAGRANT, nets.vagrant),
+            (NET_VAGRANT_STOCK, nets.vagrant_stock),
+        ]
+        .into_iter()
+        .map(|(name, m)| VagrantNetwork {
+            name: name.into(),
+            address: m.to_string(),
+            host_ip: m.addr(1).to_string(),
+        })
+        .collect(),
         vms,
     }
 }
@@ -218,27 +255,31 @@ pub fn check_rendered(topology_json: &Path) -> Result<VmNetworks, LabError> {
     let text = fs::read_to_string(topology_json)
         .map_err(|e| LabError::io(format!("reading {}", topology_json.display()), e))?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
-    let field = |ptr: &str| {
-        v.pointer(ptr)
-            .and_then(|x| x.as_str())
-            .ok_or_else(|| LabError::Invalid(format!("{}: no {ptr}", topology_json.display())))
+    let missing = |what: &str| LabError::Invalid(format!("{}: no {what}", topology_json.display()));
+    let vagrant = |name: &str| {
+        v.pointer("/vagrant_networks")
+            .and_then(|n| n.as_array())
+            .and_then(|n| n.iter().find(|n| n["name"] == name))
+            .and_then(|n| n["address"].as_str())
+            .ok_or_else(|| missing(name))
+            .and_then(Mgmt::parse_cidr)
     };
-    let vagrant = Mgmt::parse_cidr(field("/vagrant_network/address")?)?;
     let mgmt_net = v
         .pointer("/networks")
         .and_then(|n| n.as_array())
         .and_then(|n| n.iter().find(|n| n["name"] == NET_MGMT))
         .and_then(|n| n["network_address"].as_str())
-        .ok_or_else(|| {
-            LabError::Invalid(format!(
-                "{}: no {NET_MGMT} network",
-                topology_json.display()
-            ))
-        })?;
-    let mgmt = Mgmt::parse_cidr(&format!("{mgmt_net}/{}", topology::MGMT_PREFIX_LEN))?;
-    check_free(&mgmt)?;
-    check_free(&vagrant)?;
-    Ok(VmNetworks { mgmt, vagrant })
+        .ok_or_else(|| missing(NET_MGMT))?;
+    let n = VmNetworks {
+        mgmt: Mgmt::parse_cidr(&format!("{mgmt_net}/{}", topology::MGMT_PREFIX_LEN))?,
+        vagrant: vagrant(NET_VAGRANT)?,
+        vagrant_stock: vagrant(NET_VAGRANT_STOCK)?,
+    };
+    for m in [n.mgmt, n.vagrant, n.vagrant_stock] {
+        check_free(&m)?;
+    }
+    n.check_distinct()?;
+    Ok(n)
 }
 
 /// Options of `vagrant-files`.
@@ -430,7 +471,7 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
         // Interface names by MAC, addresses, no forwarding, no IPv6 on the gateway's ports.
         let netdir = place(Path::new("/etc/systemd/network"));
         let mut sysctl = String::from(
-            "# Generated by stockade-lab: nothing routes around the gateway.\nnet.ipv4.ip_forward=0\nnet.ipv4.conf.all.forwarding=0\nnet.ipv6.conf.all.forwarding=0\nnet.ipv4.conf.all.arp_ignore=1\nnet.ipv4.conf.all.arp_announce=2\n",
+            "# Generated by stockade-lab: nothing routes around the gateway.\nnet.ipv4.ip_forward=0\nnet.ipv4.conf.all.forwarding=0\nnet.ipv6.conf.all.forwarding=0\nnet.ipv4.conf.all.arp_ignore=1\nnet.ipv4.conf.all.arp_announce=2\n# Strict reverse-path filtering: a packet from an address routed via another NIC (a client's\n# data address arriving on Vagrant's network) is dropped. The kernel takes the larger of `all`\n# and the interface's value, and Debian sets 2 (loose) on every interface: set both.\nnet.ipv4.conf.all.rp_filter=1\nnet.ipv4.conf.default.rp_filter=1\nnet.ipv4.conf.*.rp_filter=1\n",
         );
         let mut nics_list = String::new();
         for (i, nic) in vm.nics.iter().enumerate() {
@@ -474,22 +515,25 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
 }
 
 /// A stock VM's guard on every interface but its data NIC: Vagrant attaches each VM to its own
-/// management/NAT network, which must not become a path to the stock server. Only SSH from the
-/// Vagrant host passes; the stock server itself starts nothing there.
+/// network, which must not become a path to the stock server. Only SSH from the Vagrant host
+/// passes; the stock server itself starts nothing there.
 ///
-/// Two stateless output rules, both toward the Vagrant host only: SSH replies (the session that
-/// loads this guard predates it, and conntrack cannot follow a TCP connection it picked up
-/// mid-stream with window scaling: its packets would be INVALID and the session would hang),
-/// and DHCP renewals to libvirt's dnsmasq (unicast UDP 68 -> 67; the first request and rebinding
-/// go over packet sockets, which nftables does not see; without renewals the lease lapses).
+/// Stateless on purpose: conntrack is not per interface, so `ct state established` would admit
+/// on Vagrant's NIC a segment forged into a connection the stock server holds on its data NIC
+/// (a client knows its own push connection's tuple and sequence numbers: claim 1's one-way
+/// path would have a way back). So every rule names the host: SSH to port 22 and its replies
+/// (which also keeps the provisioning session that loads this guard alive: it predates the
+/// guard), and DHCP with libvirt's dnsmasq on the host (renewals are unicast UDP 67/68; the
+/// first request goes over a packet socket, which nftables does not see).
 pub fn stock_guard() -> String {
+    let h = VAGRANT_HOST_MARKER;
     format!(
         "#!/usr/sbin/nft -f\n# Generated by stockade-lab: the stock VM is reachable only through the gateway.\n\
 table inet stockade_guard\ndelete table inet stockade_guard\n\
 table inet stockade_guard {{\n\
-  chain input {{\n    type filter hook input priority -10; policy drop;\n    iifname \"lo\" accept\n    iifname \"{DATA_IF}\" accept\n    ct state established,related accept\n    ip saddr {VAGRANT_HOST_MARKER} tcp dport 22 accept\n  }}\n\
+  chain input {{\n    type filter hook input priority -10; policy drop;\n    iifname \"lo\" accept\n    iifname \"{DATA_IF}\" accept\n    ip saddr {h} tcp dport 22 accept\n    ip saddr {h} udp sport 67 udp dport 68 accept\n  }}\n\
   chain forward {{\n    type filter hook forward priority -10; policy drop;\n  }}\n\
-  chain output {{\n    type filter hook output priority -10; policy drop;\n    oifname \"lo\" accept\n    oifname \"{DATA_IF}\" accept\n    ct state established,related accept\n    ip daddr {VAGRANT_HOST_MARKER} tcp sport 22 accept\n    ip daddr {VAGRANT_HOST_MARKER} udp sport 68 udp dport 67 accept\n  }}\n\
+  chain output {{\n    type filter hook output priority -10; policy drop;\n    oifname \"lo\" accept\n    oifname \"{DATA_IF}\" accept\n    ip daddr {h} tcp sport 22 accept\n    ip daddr {h} udp sport 68 udp dport 67 accept\n  }}\n\
 }}\n"
     )
 }
@@ -512,15 +556,42 @@ pub fn is_stock(vm: &Vm) -> bool {
     vm.role == role_name(Role::Stock)
 }
 
-/// The static check that no stock VM has a path around the gateway: a stock VM's only NIC is
-/// on the inside network; the only VM on both data networks is the gateway, and only with
-/// address-less ports; no stock VM is on the management network. Returns the violations.
+/// Every link a VM has, the box's own NIC on Vagrant's network included: (network, whether it
+/// is one of the gateway's address-less ports).
+fn links(vm: &Vm) -> impl Iterator<Item = (&str, bool)> {
+    vm.nics
+        .iter()
+        .map(|n| (n.network.as_str(), n.port && n.address.is_none()))
+        .chain(std::iter::once((vm.vagrant_network.as_str(), false)))
+}
+
+/// The static check that no stock VM has a path around the gateway, over every NIC of every
+/// VM, Vagrant's own included: a stock VM's only data NIC is on the inside network, and no VM
+/// but another stock VM shares any of its networks, except the gateway through an address-less
+/// port. The only VM on both data networks is the gateway. (The host joins Vagrant's networks
+/// and the management link and forwards nothing between them: libvirt rejects forwarding to and
+/// from isolated networks, and `vagrant/test.sh` checks the host's `ip_forward`.) Returns the
+/// violations.
 pub fn check_no_bypass(t: &Topology) -> Vec<String> {
     let mut bad = vec![];
     for vm in &t.vms {
         let nets: Vec<&str> = vm.nics.iter().map(|n| n.network.as_str()).collect();
-        if is_stock(vm) && nets != [NET_INSIDE] {
-            bad.push(format!("{}: stock VM on {nets:?}", vm.name));
+        if is_stock(vm) {
+            if nets != [NET_INSIDE] {
+                bad.push(format!("{}: stock VM on {nets:?}", vm.name));
+            }
+            for (net, _) in links(vm) {
+                for other in t.vms.iter().filter(|o| o.name != vm.name && !is_stock(o)) {
+                    for (onet, port) in links(other) {
+                        if onet == net && !(other.role == "gateway" && port) {
+                            bad.push(format!(
+                                "{}: shares {net} with {} ({})",
+                                vm.name, other.name, other.role
+                            ));
+                        }
+                    }
+                }
+            }
         }
         if nets.contains(&NET_OUTSIDE) && nets.contains(&NET_INSIDE) {
             let ports_ok = vm
@@ -532,8 +603,15 @@ pub fn check_no_bypass(t: &Topology) -> Vec<String> {
                 bad.push(format!("{}: bridges outside and inside", vm.name));
             }
         }
-        if !is_stock(vm) && vm.role != "gateway" && nets.contains(&NET_INSIDE) {
-            bad.push(format!("{}: on the inside network", vm.name));
+        if !t
+            .vagrant_networks
+            .iter()
+            .any(|n| n.name == vm.vagrant_network)
+        {
+            bad.push(format!(
+                "{}: Vagrant network {} is not in vagrant_networks",
+                vm.name, vm.vagrant_network
+            ));
         }
     }
     bad
@@ -547,17 +625,49 @@ mod tests {
         VmNetworks {
             mgmt: Mgmt::parse_cidr("203.0.113.32/28").unwrap(),
             vagrant: Mgmt::parse_cidr("203.0.113.48/28").unwrap(),
+            vagrant_stock: Mgmt::parse_cidr("203.0.113.64/28").unwrap(),
         }
     }
 
     #[test]
-    fn vagrant_network_is_a_documentation_slot() {
+    fn vagrant_networks_are_documentation_slots() {
         let t = topology(&nets());
-        assert_eq!(t.vagrant_network.address, "203.0.113.48/28");
-        assert_eq!(t.vagrant_network.host_ip, "203.0.113.49");
+        let v: Vec<(&str, &str, &str)> = t
+            .vagrant_networks
+            .iter()
+            .map(|n| (n.name.as_str(), n.address.as_str(), n.host_ip.as_str()))
+            .collect();
+        assert_eq!(
+            v,
+            [
+                (NET_VAGRANT, "203.0.113.48/28", "203.0.113.49"),
+                (NET_VAGRANT_STOCK, "203.0.113.64/28", "203.0.113.65"),
+            ]
+        );
         let m = t.networks.iter().find(|n| n.name == NET_MGMT).unwrap();
         assert_eq!(m.network_address, "203.0.113.32");
         assert_eq!(m.host_ip.as_deref(), Some("203.0.113.46"));
+        for vm in &t.vms {
+            let want = if is_stock(vm) {
+                NET_VAGRANT_STOCK
+            } else {
+                NET_VAGRANT
+            };
+            assert_eq!(vm.vagrant_network, want, "{}", vm.name);
+        }
+    }
+
+    #[test]
+    fn the_same_slot_twice_is_refused() {
+        let mut n = nets();
+        n.vagrant_stock = n.vagrant;
+        let e = n.check_distinct().unwrap_err().to_string();
+        assert!(e.contains("203.0.113.48/28"), "{e}");
+        assert!(nets().check_distinct().is_ok());
+    }
+
+    fn stock1(t: &mut Topology) -> &mut Vm {
+        t.vms.iter_mut().find(|v| v.name == "stock1").unwrap()
     }
 
     #[test]
@@ -565,10 +675,10 @@ mod tests {
         let t = topology(&nets());
         assert!(check_no_bypass(&t).is_empty(), "{:?}", check_no_bypass(&t));
         assert_eq!(t.vms.len(), 8);
-        // Breaking it is caught.
+
+        // A second NIC on the outside network.
         let mut broken = t.clone();
-        let stock = broken.vms.iter_mut().find(|v| v.name == "stock1").unwrap();
-        stock.nics.push(Nic {
+        stock1(&mut broken).nics.push(Nic {
             network: NET_OUTSIDE.into(),
             mac: "02:00:00:00:00:99".into(),
             name: "x".into(),
@@ -576,33 +686,86 @@ mod tests {
             port: false,
         });
         assert!(!check_no_bypass(&broken).is_empty());
+
+        // The issue-14 path: a stock VM on the Vagrant network the clients are on.
+        let mut broken = t.clone();
+        stock1(&mut broken).vagrant_network = NET_VAGRANT.into();
+        let bad = check_no_bypass(&broken);
+        assert!(
+            bad.iter()
+                .any(|b| b.contains("stock1: shares stockade-vagrant with client1")),
+            "{bad:?}"
+        );
+
+        // A client on the stock VMs' Vagrant network.
+        let mut broken = t.clone();
+        broken
+            .vms
+            .iter_mut()
+            .find(|v| v.name == "client2")
+            .unwrap()
+            .vagrant_network = NET_VAGRANT_STOCK.into();
+        assert!(!check_no_bypass(&broken).is_empty());
+
+        // The gateway's inside NIC with an address (not a port) is a host on the inside.
+        let mut broken = t.clone();
+        let gw = broken.vms.iter_mut().find(|v| v.role == "gateway").unwrap();
+        let inside = gw
+            .nics
+            .iter_mut()
+            .find(|n| n.network == NET_INSIDE)
+            .unwrap();
+        inside.address = Some("198.51.100.1/24".into());
+        inside.port = false;
+        assert!(!check_no_bypass(&broken).is_empty());
+
+        // A service VM on the inside network.
+        let mut broken = t.clone();
+        let svc = broken
+            .vms
+            .iter_mut()
+            .find(|v| v.name == "service1")
+            .unwrap();
+        svc.nics[0].network = NET_INSIDE.into();
+        assert!(!check_no_bypass(&broken).is_empty());
     }
 
-    #[test]
-    fn guard_admits_only_ssh_from_the_host_outside_the_data_nic() {
-        let g = stock_guard();
-        assert!(g.contains("policy drop"));
-        assert!(g.contains(&format!(
-            "ip saddr {VAGRANT_HOST_MARKER} tcp dport 22 accept"
-        )));
-        assert!(g.contains("chain forward"));
-        // The output chain: replies to the provisioning SSH session that loads the guard, and
-        // DHCP renewals, both toward the Vagrant host only; nothing else leaves but on `data`.
-        let output = &g[g.find("chain output").unwrap()..];
-        let rules: Vec<&str> = output
+    fn chain<'a>(g: &'a str, name: &str) -> Vec<&'a str> {
+        let start = g.find(&format!("chain {name}")).unwrap();
+        let body = &g[start..];
+        body[..body.find('}').unwrap()]
             .lines()
             .map(str::trim)
             .filter(|l| l.ends_with("accept"))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn guard_admits_only_the_host_outside_the_data_nic_and_keeps_no_state() {
+        let g = stock_guard();
+        assert_eq!(g.matches("policy drop").count(), 3, "{g}");
+        let h = VAGRANT_HOST_MARKER;
         assert_eq!(
-            rules,
+            chain(&g, "input"),
+            [
+                "iifname \"lo\" accept".to_string(),
+                format!("iifname \"{DATA_IF}\" accept"),
+                format!("ip saddr {h} tcp dport 22 accept"),
+                format!("ip saddr {h} udp sport 67 udp dport 68 accept"),
+            ]
+        );
+        assert!(chain(&g, "forward").is_empty());
+        assert_eq!(
+            chain(&g, "output"),
             [
                 "oifname \"lo\" accept".to_string(),
                 format!("oifname \"{DATA_IF}\" accept"),
-                "ct state established,related accept".to_string(),
-                format!("ip daddr {VAGRANT_HOST_MARKER} tcp sport 22 accept"),
-                format!("ip daddr {VAGRANT_HOST_MARKER} udp sport 68 udp dport 67 accept"),
+                format!("ip daddr {h} tcp sport 22 accept"),
+                format!("ip daddr {h} udp sport 68 udp dport 67 accept"),
             ]
         );
+        // Conntrack is not per interface: a `ct state` rule would admit, on Vagrant's NIC, a
+        // segment forged into the push connection of the data NIC.
+        assert!(!g.contains("ct state"), "{g}");
     }
 }

@@ -130,10 +130,36 @@ fn rendered_vm_files_are_consistent() {
         svc.contains(&format!("metrics_listen: {service1_admin}:9101")),
         "{svc}"
     );
-    assert_ne!(
-        topo["vagrant_network"]["address"],
-        format!("{mgmt_net}/28"),
-        "the two host-joined networks must differ"
+    let vagrant_nets: Vec<&str> = topo["vagrant_networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(vagrant_nets.len(), 2, "{vagrant_nets:?}");
+    let mgmt_cidr = format!("{mgmt_net}/28");
+    assert!(
+        !vagrant_nets.contains(&mgmt_cidr.as_str()) && vagrant_nets[0] != vagrant_nets[1],
+        "the three host-joined networks must differ: {mgmt_cidr} {vagrant_nets:?}"
+    );
+    // Strict reverse-path filtering on every VM, on every NIC (Debian sets 2 per interface, and
+    // the kernel takes the larger of `all` and the interface's value).
+    for vm in vms {
+        let name = vm["name"].as_str().unwrap();
+        let sysctl =
+            std::fs::read_to_string(g.join(name).join("root/etc/sysctl.d/90-stockade.conf"))
+                .unwrap();
+        for key in ["all", "default", "*"] {
+            assert!(
+                sysctl.contains(&format!("net.ipv4.conf.{key}.rp_filter=1")),
+                "{name}: {key}"
+            );
+        }
+    }
+    let provision = std::fs::read_to_string(repo().join("vagrant/provision.sh")).unwrap();
+    assert!(
+        provision.contains("systemd-sysctl"),
+        "provision.sh must apply sysctl.d with systemd-sysctl (procps' sysctl does not expand globs)"
     );
 
     // Units: syntax and commands (with the binaries where this build has them).
@@ -239,10 +265,10 @@ fn vagrant_scripts_are_sound() {
 
 #[test]
 fn vagrantfile_gives_stock_vms_no_path_around_the_gateway() {
-    if !have("ruby") {
-        eprintln!("ruby not installed (apt-get install ruby): Vagrantfile not loaded");
-        return;
-    }
+    assert!(
+        have("ruby"),
+        "ruby is not installed (Debian's vagrant depends on it; .ci/run installs vagrant)"
+    );
     let (_dir, vagrant) = render();
     check(
         Command::new("ruby")
@@ -268,20 +294,37 @@ fn vagrantfile_gives_stock_vms_no_path_around_the_gateway() {
     )
     .unwrap();
     let lv = &loaded["provider"]["libvirt"];
-    assert_eq!(
-        lv["management_network_address"], topo["vagrant_network"]["address"],
-        "{lv}"
-    );
-    let addr = lv["management_network_address"].as_str().unwrap();
-    assert!(
-        addr.starts_with("192.0.2.") || addr.starts_with("203.0.113."),
-        "{addr}"
-    );
     assert_eq!(lv["management_network_mode"], "none", "{lv}");
     assert_eq!(lv["management_network_guest_ipv6"], "no", "{lv}");
+    let vagrant_net = |name: &str| {
+        topo["vagrant_networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in topology.json"))
+            .clone()
+    };
     let vms = loaded["vms"].as_object().unwrap();
     assert_eq!(vms.len(), 8, "{vms:?}");
     for (name, vm) in vms {
+        // Vagrant's own NIC: the stock VMs on a network of their own, every other VM on the
+        // other one (no client or service VM shares a link with a stock VM).
+        let want = if name.starts_with("stock") {
+            "stockade-vagrant-stock"
+        } else {
+            "stockade-vagrant"
+        };
+        let own = &vm["provider"]["libvirt"];
+        assert_eq!(own["management_network_name"], want, "{name}: {own}");
+        let net = vagrant_net(want);
+        assert_eq!(own["management_network_address"], net["address"], "{name}");
+        assert_eq!(own["management_network_mode"], "none", "{name}: {own}");
+        let addr = net["address"].as_str().unwrap();
+        assert!(
+            addr.starts_with("192.0.2.") || addr.starts_with("203.0.113."),
+            "{addr}"
+        );
         let nets: Vec<&str> = vm["networks"]
             .as_array()
             .unwrap()
@@ -307,7 +350,7 @@ fn vagrantfile_gives_stock_vms_no_path_around_the_gateway() {
             prov[0]["args"]
                 .as_str()
                 .unwrap()
-                .contains(topo["vagrant_network"]["host_ip"].as_str().unwrap()),
+                .contains(net["host_ip"].as_str().unwrap()),
             "{name}: {}",
             prov[0]
         );

@@ -77,6 +77,7 @@ fn prometheus_config_is_the_one_the_lab_template_renders() {
         networks: vagrant::VmNetworks {
             mgmt: mgmt("192.0.2.0/28"),
             vagrant: mgmt("192.0.2.16/28"),
+            vagrant_stock: mgmt("192.0.2.32/28"),
         },
     })
     .expect("rendering the VMs' files");
