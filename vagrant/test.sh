@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Stockade as Vagrant VMs, booted for real (vagrant-libvirt, under KVM or TCG emulation).
 #
+#   bash vagrant/test.sh [--dataplane userspace|nftables] [--keep] [--bin-dir DIR]
 #   bash vagrant/test.sh --smoke [--vm stock1] [--bin-dir DIR]
+#
+# Without --smoke: every VM of topology.json (issue 14). They boot and are provisioned; the
+# monitor VM's Prometheus sees every target up; the no-bypass attempts run from every client and
+# service VM on every NIC (TCP, UDP, ICMP to every address of the stock VMs; payload forged into
+# a client's own push connection, held open, out of every NIC, with tcpdump on every NIC of the
+# stock VM and `ss -tin` as evidence); a stock VM is rebooted and comes back with its guard
+# before its daemon, and the attempts run again. --keep leaves the VMs up (vagrant/README.md);
+# --stop-after STEP (boot, provision, targets, story, bypass) stops there and leaves them up.
 #
 # --smoke brings up one VM of the topology from the box of vagrant/box/build.sh, provisions it,
 # checks that its daemon answers on its address (a metrics scrape over mutual TLS), then
@@ -25,19 +34,26 @@ repo=$(cd "$here/.." && pwd)
 # shellcheck source=vagrant/lib.sh
 . "$here/lib.sh"
 
-mode=""
+mode=full
 vm=${STOCKADE_SMOKE_VM:-stock1}
 bin_dir=""
+dataplane=""
+keep=false
+stop_after=""
+usage="usage: test.sh [--dataplane userspace|nftables] [--keep | --stop-after STEP] [--bin-dir DIR] | test.sh --smoke [--vm NAME] [--bin-dir DIR]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) mode=smoke ;;
     --vm) vm=${2:?--vm NAME}; shift ;;
     --bin-dir) bin_dir=${2:?--bin-dir DIR}; shift ;;
-    *) die "usage: test.sh --smoke [--vm NAME] [--bin-dir DIR]" ;;
+    --dataplane) dataplane=${2:?--dataplane userspace|nftables}; shift ;;
+    --keep) keep=true ;;
+    --stop-after) stop_after=${2:?--stop-after STEP}; keep=true; shift ;;
+    *) die "$usage" ;;
   esac
   shift
 done
-[ "$mode" = smoke ] || die "only --smoke exists yet (one VM); the whole topology is step 2 (usage: test.sh --smoke)"
+case "$dataplane" in "" | userspace | nftables) ;; *) die "--dataplane: userspace or nftables, not $dataplane" ;; esac
 [ "$(id -u)" -eq 0 ] || die "test.sh needs root (libvirt's system instance, the box build)"
 
 # One run at a time on this machine: the networks have fixed names.
@@ -96,6 +112,10 @@ remove_ours() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  if [ "$rc" -eq 0 ] && $keep; then
+    say "vagrant: --keep: the VMs stay up; files and ssh config in $work (STOCKADE_GENERATED=$STOCKADE_GENERATED VAGRANT_DOTFILE_PATH=$VAGRANT_DOTFILE_PATH STOCKADE_VM_PREFIX=$STOCKADE_VM_PREFIX)"
+    exit 0
+  fi
   if command -v virsh >/dev/null && virsh -q version >/dev/null 2>&1; then
     if [ -f "$STOCKADE_GENERATED/topology.json" ]; then
       timeout 300 vagrant destroy -f >/dev/null 2>&1 || true
@@ -133,8 +153,10 @@ exec 8>&2
 interrupted() {
   say "vagrant: interrupted; cleaning up" 2>&8
   if [ -n "$child" ]; then
-    kill -TERM "$child" 2>/dev/null || true
-    wait "$child" 2>/dev/null || true
+    # shellcheck disable=SC2086 # one pid or several (the parallel provisioning)
+    kill -TERM $child 2>/dev/null || true
+    # shellcheck disable=SC2086
+    wait $child 2>/dev/null || true
   fi
   exit 130
 }
@@ -154,7 +176,8 @@ fail() {
       [ -f "$work/up.log" ] && { say "--- last lines of vagrant up"; grep -v Progress "$work/up.log" | tail -n 10 >&2; }
       ;;
     provision)
-      [ -f "$work/provision.log" ] && { say "--- last lines of the provision log"; tail -n 25 "$work/provision.log" >&2; }
+      local plog=${provision_log:-$work/provision.log}
+      [ -f "$plog" ] && { say "--- last lines of the provision log ($vm)"; tail -n 25 "$plog" >&2; }
       ;;
   esac
   exit 1
@@ -245,11 +268,19 @@ if [ -z "$bin_dir" ]; then
 fi
 lab="$bin_dir/stockade-lab"
 [ -x "$lab" ] || fail "$lab is missing (build the workspace, or pass --bin-dir)"
-"$lab" vagrant-files "$STOCKADE_GENERATED" --bin-dir "$bin_dir" >"$work/files.log" 2>&1 ||
+"$lab" vagrant-files "$STOCKADE_GENERATED" --bin-dir "$bin_dir" ${dataplane:+--dataplane "$dataplane"} >"$work/files.log" 2>&1 ||
   fail "$(tail -n 1 "$work/files.log")"
 "$lab" vagrant-check "$STOCKADE_GENERATED/topology.json" 2>&1 | sed 's/^/vagrant: /' >&2
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "the networks collide with this machine's"
+# The host joins Vagrant's networks and the management link: it must route nothing between
+# them (libvirt also rejects forwarding to and from isolated networks).
+[ "$(cat /proc/sys/net/ipv4/ip_forward)" = 0 ] ||
+  fail "this machine forwards IPv4 (net.ipv4.ip_forward=1): it would route between the VMs' networks around the gateway"
 mark networks "$s"
+if [ "$mode" = full ]; then
+  # shellcheck source=vagrant/full.sh
+  . "$here/full.sh"
+fi
 
 # --- boot
 step=boot

@@ -2,7 +2,12 @@
 //! with readable output. Every step checks its outcome; a step that does not go as the patent
 //! says stops the demo with an error (so the demo doubles as a smoke test).
 //!
-//! Each run uses fresh client homes under `STATE/demo/<n>/`, so the demo can be run again.
+//! One story, two places: the lab's namespaces ([`LabHosts`]) or the Vagrant VMs
+//! ([`crate::vm_hosts::VmHosts`], `stockade-lab vm-demo`). The story reaches its hosts only
+//! through [`Hosts`]: a command on a host, a file put on or read from a host.
+//!
+//! Each run uses fresh client homes under a new `demo/<n>/` directory, so the demo can be run
+//! again.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,10 +40,112 @@ pub struct DemoReport {
     pub forwarded_after: f64,
 }
 
-struct Demo<'a> {
+/// Where the story's hosts are and how it reaches them.
+pub trait Hosts {
+    /// `program args` run on `host`, with `env`, in `dir` (a path on that host).
+    fn command(
+        &self,
+        host: &Host,
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+        dir: &Path,
+    ) -> Command;
+    /// Writes a file on `host` (mode 0600), making its directory.
+    fn put(&self, host: &Host, path: &Path, bytes: &[u8]) -> Result<(), LabError>;
+    /// Reads a file on `host`.
+    fn get(&self, host: &Host, path: &Path) -> Result<Vec<u8>, LabError>;
+    /// Where a Stockade program is on the hosts.
+    fn program(&self, name: &str) -> String;
+    /// The CA certificate's path on the hosts.
+    fn ca(&self) -> PathBuf;
+    /// A service server's admin socket on its host.
+    fn admin_socket(&self, service: &Host) -> PathBuf;
+    /// The management link, which this machine joins (gateway metrics, Prometheus).
+    fn mgmt(&self) -> Result<Mgmt, LabError>;
+    /// One line saying where the story runs.
+    fn title(&self) -> String;
+    /// Whether something on `host` listens on TCP `port` (`ss`, run on that host).
+    fn listening(&self, host: &Host, port: u16) -> bool {
+        let filter = format!("sport = :{port}");
+        let cmd = self.command(host, "ss", &["-Hltn".into(), filter], &[], Path::new("/"));
+        sh::run_timeout(cmd, Duration::from_secs(30))
+            .is_ok_and(|o| o.ok() && !o.stdout.trim().is_empty())
+    }
+}
+
+/// The lab's hosts: network namespaces on this machine, sharing its file system.
+pub struct LabHosts<'a> {
     lab: &'a Lab,
     st: LabState,
-    dir: PathBuf,
+}
+
+impl Hosts for LabHosts<'_> {
+    fn command(
+        &self,
+        host: &Host,
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+        dir: &Path,
+    ) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.lab.names.ns(host.name)])
+            .arg(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(dir);
+        cmd
+    }
+
+    fn put(&self, _host: &Host, path: &Path, bytes: &[u8]) -> Result<(), LabError> {
+        if let Some(d) = path.parent() {
+            fs::create_dir_all(d)
+                .map_err(|e| LabError::io(format!("creating {}", d.display()), e))?;
+        }
+        write_private(path, bytes)
+    }
+
+    fn get(&self, _host: &Host, path: &Path) -> Result<Vec<u8>, LabError> {
+        fs::read(path).map_err(|e| LabError::io(format!("reading {}", path.display()), e))
+    }
+
+    fn program(&self, name: &str) -> String {
+        if name == "stockade-lab" {
+            if let Ok(me) = std::env::current_exe() {
+                return me.display().to_string();
+            }
+        }
+        self.st.bin_dir.join(name).display().to_string()
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.lab.layout().pki().join("ca.pem")
+    }
+
+    fn admin_socket(&self, service: &Host) -> PathBuf {
+        self.lab.layout().admin_socket(service.name)
+    }
+
+    fn mgmt(&self) -> Result<Mgmt, LabError> {
+        self.st.mgmt()
+    }
+
+    fn title(&self) -> String {
+        format!(
+            "Stockade lab {:?}: JP H11-73391 Fig. 1 / Fig. 12 through stockade-gateway ({} plane)",
+            self.st.prefix,
+            self.st.dataplane.as_str()
+        )
+    }
+}
+
+struct Demo<'a> {
+    hosts: &'a dyn Hosts,
+    /// This run's directory on this machine (the demo's own copies of what it made and got).
+    local: PathBuf,
+    /// The same directory's path on the hosts (the lab: the same directory).
+    remote: PathBuf,
     out: &'a mut dyn std::io::Write,
     started: Instant,
 }
@@ -47,11 +154,13 @@ struct Demo<'a> {
 struct Client {
     host: Host,
     service: Host,
+    /// On the client's host.
     home: PathBuf,
 }
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The story on the running lab.
 pub fn run(lab: &Lab, out: &mut dyn std::io::Write) -> Result<DemoReport, LabError> {
     let st = lab.load_state()?;
     if st.phase != lab::Phase::Up {
@@ -59,17 +168,33 @@ pub fn run(lab: &Lab, out: &mut dyn std::io::Write) -> Result<DemoReport, LabErr
             "the lab did not finish `up`; run `stockade-lab down` and `up` again".into(),
         ));
     }
-    let root = st.state_dir.join("demo");
-    fs::create_dir_all(&root).map_err(|e| LabError::io("creating the demo directory", e))?;
+    let dir = next_run_dir(&st.state_dir.join("demo"))?;
+    let hosts = LabHosts { lab, st };
+    run_on(&hosts, dir.clone(), dir, out)
+}
+
+/// A new numbered directory under `root`.
+pub fn next_run_dir(root: &Path) -> Result<PathBuf, LabError> {
+    fs::create_dir_all(root).map_err(|e| LabError::io("creating the demo directory", e))?;
     let n = (1..)
         .find(|n| !root.join(n.to_string()).exists())
         .unwrap_or(1);
     let dir = root.join(n.to_string());
     fs::create_dir_all(&dir).map_err(|e| LabError::io("creating the demo directory", e))?;
+    Ok(dir)
+}
+
+/// The story on any hosts: `local` is this run's directory here, `remote` its path on the hosts.
+pub fn run_on(
+    hosts: &dyn Hosts,
+    local: PathBuf,
+    remote: PathBuf,
+    out: &mut dyn std::io::Write,
+) -> Result<DemoReport, LabError> {
     let mut d = Demo {
-        lab,
-        st,
-        dir,
+        hosts,
+        local,
+        remote,
         out,
         started: Instant::now(),
     };
@@ -109,12 +234,13 @@ impl Demo<'_> {
     }
 
     fn mgmt(&self) -> Result<Mgmt, LabError> {
-        self.st.mgmt()
+        self.hosts.mgmt()
     }
 
     fn client(&self, host: Host, service: Host, tag: &str) -> Result<Client, LabError> {
-        let home = self.dir.join(format!("{}{tag}", host.name));
-        fs::create_dir_all(&home).map_err(|e| LabError::io("creating a client home", e))?;
+        let home = self.remote.join(format!("{}{tag}", host.name));
+        // Making a file makes the home (0700 where the hosts are remote).
+        self.hosts.put(&host, &home.join(".demo"), b"")?;
         Ok(Client {
             host,
             service,
@@ -122,7 +248,34 @@ impl Demo<'_> {
         })
     }
 
-    /// Runs `stockade ARGS` as a client, in its namespace.
+    /// Writes `bytes` as `name` in this run's directory here and on `host`; returns its path
+    /// on the host.
+    fn give(&self, host: &Host, name: &str, bytes: &[u8]) -> Result<PathBuf, LabError> {
+        let local = self.local.join(name);
+        fs::write(&local, bytes).map_err(|e| LabError::io(format!("writing {name}"), e))?;
+        let remote = self.remote.join(name);
+        if remote != local {
+            self.hosts.put(host, &remote, bytes)?;
+        }
+        Ok(remote)
+    }
+
+    /// Reads a file a client wrote on its host; keeps a copy here.
+    fn fetch(&self, c: &Client, path: &Path) -> Result<Vec<u8>, LabError> {
+        let bytes = self.hosts.get(&c.host, path)?;
+        let name = path
+            .strip_prefix(&self.remote)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .replace('/', "-");
+        let local = self.local.join(name);
+        if local != path {
+            fs::write(&local, &bytes).map_err(|e| LabError::io("keeping a copy", e))?;
+        }
+        Ok(bytes)
+    }
+
+    /// Runs `stockade ARGS` as a client, on its host.
     fn stockade(&self, c: &Client, args: &[&str]) -> Result<sh::Output, LabError> {
         let mut cmd = self.client_command(c, args);
         cmd.stdin(Stdio::null());
@@ -130,19 +283,16 @@ impl Demo<'_> {
     }
 
     fn client_command(&self, c: &Client, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.lab.names.ns(c.host.name)])
-            .arg(self.st.bin_dir.join("stockade"))
-            .args(args)
-            .envs(lab::client_env(
-                &c.home,
-                &c.host,
-                &c.service,
-                &self.lab.layout().pki().join("ca.pem"),
-            ))
-            .env("RUST_LOG", "warn")
-            .current_dir(&c.home);
-        cmd
+        let mut env = lab::client_env(&c.home, &c.host, &c.service, &self.hosts.ca());
+        env.push(("RUST_LOG".into(), "warn".into()));
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        self.hosts.command(
+            &c.host,
+            &self.hosts.program("stockade"),
+            &args,
+            &env,
+            &c.home,
+        )
     }
 
     /// Runs a client command that must succeed; shows its output.
@@ -207,17 +357,16 @@ impl Demo<'_> {
 
     fn story(&mut self) -> Result<DemoReport, LabError> {
         let mut r = DemoReport {
-            dir: self.dir.clone(),
+            dir: self.local.clone(),
             ..Default::default()
         };
         let mgmt = self.mgmt()?;
+        let title = self.hosts.title();
         self.say(&format!(
-            "Stockade lab {:?}: JP H11-73391 Fig. 1 / Fig. 12 through stockade-gateway ({} plane)\n\
+            "{title}\n\
              clients 198.51.100.101, .220 · service servers .110, .111 · stock servers .50, .51 behind the gateway\n\
              demo files: {}",
-            self.st.prefix,
-            self.st.dataplane.as_str(),
-            self.dir.display()
+            self.local.display()
         ));
         let before = self.counters("gateway counters before");
         r.drops_before = before.drops.clone();
@@ -233,8 +382,8 @@ impl Demo<'_> {
             self.ok("register", c, &["register"])?;
         }
 
-        let photo = self.dir.join("photo.png");
-        write_png(&photo, 320, 240, 7)?;
+        let photo_bytes = png_bytes(320, 240, 7)?;
+        let photo = self.give(&c1.host, "photo.png", &photo_bytes)?;
         self.step("client 1 uploads photo.png (62, 63); the review runs (Fig. 5: 91 virus by clamd, 92 integrity, 93 ethics auto-approved in the lab)");
         let out = self.ok(
             "upload",
@@ -253,13 +402,21 @@ impl Demo<'_> {
             .and_then(|l| l.split_whitespace().next())
         {
             self.step("the review record on service server 1 (operator's desk)");
-            let admin = self.lab.layout().admin_socket(topology::SERVICE1.name);
-            let mut cmd = Command::new(self.st.bin_dir.join("stockade-service"));
-            cmd.arg("review")
-                .arg("--socket")
-                .arg(&admin)
-                .args(["show", id]);
-            match sh::run_timeout(cmd, Duration::from_secs(20)) {
+            let admin = self.hosts.admin_socket(&topology::SERVICE1);
+            let cmd = self.hosts.command(
+                &topology::SERVICE1,
+                &self.hosts.program("stockade-service"),
+                &[
+                    "review".into(),
+                    "--socket".into(),
+                    admin.display().to_string(),
+                    "show".into(),
+                    id.into(),
+                ],
+                &[],
+                Path::new("/"),
+            );
+            match sh::run_timeout(cmd, Duration::from_secs(60)) {
                 Ok(o) => {
                     let text = format!("{}{}", o.stdout, o.stderr);
                     self.indent(text.trim_end());
@@ -284,7 +441,8 @@ impl Demo<'_> {
                 &back.display().to_string(),
             ],
         )?;
-        same_file(&photo, &back).map_err(|d| self.fail("download", d))?;
+        let got = self.fetch(&c1, &back)?;
+        same_bytes(&photo_bytes, &got, &back).map_err(|d| self.fail("download", d))?;
         self.indent("identical to the original");
         r.client1_download = back;
 
@@ -298,9 +456,11 @@ impl Demo<'_> {
         let server_pw = c2.home.join("server-password");
         let client_pw1 = c1.home.join("client-password");
         let client_pw2 = c2.home.join("client-password");
-        write_private(&server_pw, pw.trim())?;
-        write_private(&client_pw1, "a client password agreed in person")?;
-        write_private(&client_pw2, "a client password agreed in person")?;
+        let agreed = b"a client password agreed in person\n";
+        self.hosts
+            .put(&c2.host, &server_pw, format!("{}\n", pw.trim()).as_bytes())?;
+        self.hosts.put(&c1.host, &client_pw1, agreed)?;
+        self.hosts.put(&c2.host, &client_pw2, agreed)?;
         self.indent(
             "client 1 handed client 2 its server password and a client password beforehand (0078)",
         );
@@ -316,7 +476,8 @@ impl Demo<'_> {
                 &c2_copy.display().to_string(),
             ],
         )?;
-        same_file(&photo, &c2_copy).map_err(|d| self.fail("client 2 download", d))?;
+        let got = self.fetch(&c2, &c2_copy)?;
+        same_bytes(&photo_bytes, &got, &c2_copy).map_err(|d| self.fail("client 2 download", d))?;
         self.indent("client 2's copy is identical to the original (0086)");
         r.client2_download = c2_copy;
 
@@ -324,8 +485,7 @@ impl Demo<'_> {
         let c2b = self.client(topology::CLIENT2, topology::SERVICE2, "-service2")?;
         self.ok("keygen (service 2)", &c2b, &["keygen", "--bits", "2048"])?;
         self.ok("register (service 2)", &c2b, &["register"])?;
-        let photo2 = self.dir.join("photo-2.png");
-        write_png(&photo2, 200, 150, 31)?;
+        let photo2 = self.give(&c2b.host, "photo-2.png", &png_bytes(200, 150, 31)?)?;
         let out = self.ok(
             "upload (service 2)",
             &c2b,
@@ -341,20 +501,20 @@ impl Demo<'_> {
         self.step(&format!(
             "bad uploads are refused with their reason (75 no → 76, 77 → 64, 65): a file carrying the test signature {VIRUS_NAME} (91)"
         ));
-        let infected = self.dir.join("infected.png");
-        let mut bytes = fs::read(&photo).map_err(|e| LabError::io("reading the photo", e))?;
+        let mut bytes = photo_bytes.clone();
         bytes.extend_from_slice(VIRUS_MARKER);
-        fs::write(&infected, &bytes).map_err(|e| LabError::io("writing infected.png", e))?;
+        let infected = self.give(&c1.host, "infected.png", &bytes)?;
         r.virus_refusal = self.refused(
             "virus upload",
             &c1,
             &["upload", &infected.display().to_string(), "--wait", "90"],
         )?;
         self.step("… and a truncated image that does not decode (92)");
-        let corrupt = self.dir.join("corrupt.png");
-        let full = fs::read(&photo).map_err(|e| LabError::io("reading the photo", e))?;
-        fs::write(&corrupt, &full[..full.len() / 2])
-            .map_err(|e| LabError::io("writing corrupt.png", e))?;
+        let corrupt = self.give(
+            &c1.host,
+            "corrupt.png",
+            &photo_bytes[..photo_bytes.len() / 2],
+        )?;
         r.corrupt_refusal = self.refused(
             "corrupt upload",
             &c1,
@@ -434,7 +594,7 @@ impl Demo<'_> {
         server_pw: &Path,
     ) -> Result<(), LabError> {
         let listen = SocketAddrV4::new(c1.host.ip, topology::SHARE_PORT).to_string();
-        let serve_out = self.dir.join("share-serve.out");
+        let serve_out = self.local.join("share-serve.out");
         let f = fs::File::create(&serve_out).map_err(|e| LabError::io("share output", e))?;
         let f2 = f.try_clone().map_err(|e| LabError::io("share output", e))?;
         let mut serve = self
@@ -458,8 +618,8 @@ impl Demo<'_> {
             .map_err(|e| LabError::io("starting share serve", e))?;
         let pid = serve.id() as i32;
         let start = Instant::now();
-        while !daemon::listening(pid, c1.host.ip, topology::SHARE_PORT) {
-            if start.elapsed() > Duration::from_secs(30) || !daemon::is_alive(pid) {
+        while !self.hosts.listening(&c1.host, topology::SHARE_PORT) {
+            if start.elapsed() > Duration::from_secs(60) || !daemon::is_alive(pid) {
                 let _ = serve.kill();
                 let _ = serve.wait();
                 let text = fs::read_to_string(&serve_out).unwrap_or_default();
@@ -485,7 +645,7 @@ impl Demo<'_> {
         let served = loop {
             match serve.try_wait() {
                 Ok(Some(st)) => break st.success(),
-                Ok(None) if start.elapsed() > Duration::from_secs(30) => {
+                Ok(None) if start.elapsed() > Duration::from_secs(60) => {
                     let _ = serve.kill();
                     let _ = serve.wait();
                     break false;
@@ -510,34 +670,39 @@ impl Demo<'_> {
         Ok(())
     }
 
-    /// `stockade-lab probe` inside a host's namespace.
+    /// `stockade-lab probe` on a host.
     fn probe(&self, host: &Host, proto: &str, target: SocketAddr) -> Result<String, LabError> {
-        let me = std::env::current_exe().map_err(|e| LabError::io("finding stockade-lab", e))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.lab.names.ns(host.name)])
-            .arg(me)
-            .args(["probe", proto, &target.to_string(), "--timeout", "4"]);
-        let o = sh::run_timeout(cmd, Duration::from_secs(20))?;
+        let cmd = self.hosts.command(
+            host,
+            &self.hosts.program("stockade-lab"),
+            &[
+                "probe".into(),
+                proto.into(),
+                target.to_string(),
+                "--timeout".into(),
+                "4".into(),
+            ],
+            &[],
+            Path::new("/"),
+        );
+        let o = sh::run_timeout(cmd, Duration::from_secs(60))?;
         Ok(o.stdout.trim().to_string())
     }
 }
 
-fn same_file(a: &Path, b: &Path) -> Result<(), String> {
-    let x = fs::read(a).map_err(|e| format!("{}: {e}", a.display()))?;
-    let y = fs::read(b).map_err(|e| format!("{}: {e}", b.display()))?;
-    if x != y {
+fn same_bytes(want: &[u8], got: &[u8], path: &Path) -> Result<(), String> {
+    if want != got {
         return Err(format!(
-            "{} ({} bytes) differs from {} ({} bytes)",
-            b.display(),
-            y.len(),
-            a.display(),
-            x.len()
+            "{} ({} bytes) differs from the original ({} bytes)",
+            path.display(),
+            got.len(),
+            want.len()
         ));
     }
     Ok(())
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()
@@ -547,18 +712,32 @@ fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
-    writeln!(f, "{text}").map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+    f.write_all(bytes)
+        .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
 }
 
-/// A photo-like PNG with smooth gradients.
-pub fn write_png(path: &Path, w: u32, h: u32, seed: u8) -> Result<(), LabError> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
+/// A photo-like PNG with smooth gradients, encoded.
+pub fn png_bytes(w: u32, h: u32, seed: u8) -> Result<Vec<u8>, LabError> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    gradient(w, h, seed)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| LabError::Invalid(format!("encoding a PNG: {e}")))?;
+    Ok(out.into_inner())
+}
+
+fn gradient(w: u32, h: u32, seed: u8) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
         image::Rgb([
             ((x * 255) / w.max(1)) as u8 ^ seed,
             ((y * 255) / h.max(1)) as u8,
             (((x + y) * 3) as u8).wrapping_add(seed),
         ])
-    });
-    img.save_with_format(path, image::ImageFormat::Png)
+    })
+}
+
+/// A photo-like PNG with smooth gradients.
+pub fn write_png(path: &Path, w: u32, h: u32, seed: u8) -> Result<(), LabError> {
+    gradient(w, h, seed)
+        .save_with_format(path, image::ImageFormat::Png)
         .map_err(|e| LabError::Invalid(format!("writing {}: {e}", path.display())))
 }

@@ -19,6 +19,7 @@ pub mod render;
 pub mod sh;
 pub mod topology;
 pub mod vagrant;
+pub mod vm_hosts;
 
 use std::path::PathBuf;
 

@@ -123,6 +123,19 @@ enum Cmd {
     /// Check, before anything is created, that a rendered topology.json's networks still
     /// overlap no address or route of this machine.
     VagrantCheck { topology: PathBuf },
+    /// The demo's story on the Vagrant VMs (vagrant/test.sh runs it): its clients on the client
+    /// VMs, over SSH.
+    VmDemo {
+        /// The rendered generated/topology.json.
+        #[arg(long)]
+        topology: PathBuf,
+        /// What `vagrant ssh-config` prints for every VM.
+        #[arg(long)]
+        ssh_config: PathBuf,
+        /// Where this machine keeps the run's files (a new numbered directory under it).
+        #[arg(long, default_value = "/var/tmp/stockade-vm-demo")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -191,6 +204,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             networks.vagrant,
             networks.vagrant_stock,
         );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Cmd::VmDemo {
+        topology,
+        ssh_config,
+        dir,
+    } = &cli.cmd
+    {
+        let local = stockade_lab::demo::next_run_dir(dir)?;
+        let hosts = stockade_lab::vm_hosts::VmHosts::new(topology, ssh_config, &local.join("ssh"))?;
+        // A fresh directory on the VMs too: earlier runs' homes hold keys already.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let remote = PathBuf::from(format!("/var/lib/stockade-demo/{stamp}"));
+        let mut out = std::io::stdout();
+        stockade_lab::demo::run_on(&hosts, local, remote, &mut out).context("vm-demo")?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Cmd::VagrantCheck { topology } = &cli.cmd {
@@ -324,7 +355,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Probe { .. } | Cmd::VagrantFiles { .. } | Cmd::VagrantCheck { .. } => {
+        Cmd::Probe { .. }
+        | Cmd::VagrantFiles { .. }
+        | Cmd::VagrantCheck { .. }
+        | Cmd::VmDemo { .. } => {
             unreachable!("handled above")
         }
     }

@@ -37,11 +37,43 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` to completion (killed after `timeout`), capturing its output through files so
 /// that a chatty child can never block on a full pipe.
-pub fn run_timeout(mut cmd: Command, timeout: Duration) -> Result<Output, LabError> {
+pub fn run_timeout(cmd: Command, timeout: Duration) -> Result<Output, LabError> {
+    let c = run_bytes(cmd, None, timeout)?;
+    Ok(Output {
+        code: c.code,
+        stdout: String::from_utf8_lossy(&c.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&c.stderr).into_owned(),
+    })
+}
+
+/// What [`run_bytes`] captured.
+pub struct Captured {
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// [`run_timeout`] with `input` as standard input, and the output as bytes.
+pub fn run_bytes(
+    mut cmd: Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Captured, LabError> {
+    use std::io::{Seek, Write};
     let what = describe(&cmd);
     tracing::debug!(cmd = %what, "run");
     let out = tempfile_pair().map_err(|e| LabError::io("creating capture files", e))?;
-    cmd.stdin(Stdio::null())
+    let stdin = match input {
+        None => Stdio::null(),
+        Some(bytes) => {
+            let mut f = anon_file().map_err(|e| LabError::io("creating an input file", e))?;
+            f.write_all(bytes)
+                .and_then(|_| f.rewind())
+                .map_err(|e| LabError::io("writing an input file", e))?;
+            Stdio::from(f)
+        }
+    };
+    cmd.stdin(stdin)
         .stdout(Stdio::from(
             out.0
                 .try_clone()
@@ -68,7 +100,7 @@ pub fn run_timeout(mut cmd: Command, timeout: Duration) -> Result<Output, LabErr
             Err(e) => return Err(LabError::io(format!("waiting for {what}"), e)),
         }
     };
-    Ok(Output {
+    Ok(Captured {
         code: status.code(),
         stdout: read_back(out.0),
         stderr: read_back(out.1),
@@ -103,12 +135,12 @@ fn anon_file() -> std::io::Result<std::fs::File> {
     }
 }
 
-fn read_back(mut f: std::fs::File) -> String {
+fn read_back(mut f: std::fs::File) -> Vec<u8> {
     use std::io::{Read, Seek};
-    let mut s = String::new();
+    let mut v = Vec::new();
     let _ = f.rewind();
-    let _ = f.read_to_string(&mut s);
-    s
+    let _ = f.read_to_end(&mut v);
+    v
 }
 
 /// Default bound for one configuration command.

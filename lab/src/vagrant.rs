@@ -249,9 +249,8 @@ pub fn topology(nets: &VmNetworks) -> Topology {
     }
 }
 
-/// Checks, before anything is created, that the host-joined networks of a rendered
-/// `topology.json` still overlap no address or route of this machine.
-pub fn check_rendered(topology_json: &Path) -> Result<VmNetworks, LabError> {
+/// The networks of a rendered `topology.json`.
+pub fn read_rendered(topology_json: &Path) -> Result<VmNetworks, LabError> {
     let text = fs::read_to_string(topology_json)
         .map_err(|e| LabError::io(format!("reading {}", topology_json.display()), e))?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
@@ -270,11 +269,17 @@ pub fn check_rendered(topology_json: &Path) -> Result<VmNetworks, LabError> {
         .and_then(|n| n.iter().find(|n| n["name"] == NET_MGMT))
         .and_then(|n| n["network_address"].as_str())
         .ok_or_else(|| missing(NET_MGMT))?;
-    let n = VmNetworks {
+    Ok(VmNetworks {
         mgmt: Mgmt::parse_cidr(&format!("{mgmt_net}/{}", topology::MGMT_PREFIX_LEN))?,
         vagrant: vagrant(NET_VAGRANT)?,
         vagrant_stock: vagrant(NET_VAGRANT_STOCK)?,
-    };
+    })
+}
+
+/// Checks, before anything is created, that the host-joined networks of a rendered
+/// `topology.json` still overlap no address or route of this machine.
+pub fn check_rendered(topology_json: &Path) -> Result<VmNetworks, LabError> {
+    let n = read_rendered(topology_json)?;
     for m in [n.mgmt, n.vagrant, n.vagrant_stock] {
         check_free(&m)?;
     }
@@ -314,11 +319,13 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
     let bin_out = out.join("bin");
     mkdir(&bin_out)?;
     let mut service_bin = None;
+    // stockade-lab too: `stockade-lab probe` is the demo's direct attempt, run on a client VM.
     for b in [
         "stockade-service",
         "stockade-stock",
         "stockade",
         "stockade-gateway",
+        "stockade-lab",
     ] {
         let src = sh::find_program(b, opts.bin_dir.as_deref()).ok_or_else(|| {
             LabError::Missing(format!(

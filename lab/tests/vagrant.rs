@@ -239,6 +239,8 @@ fn vagrant_scripts_are_sound() {
         "vagrant/provision.sh",
         "vagrant/lib.sh",
         "vagrant/test.sh",
+        "vagrant/full.sh",
+        "vagrant/bypass.sh",
         "vagrant/box/build.sh",
         "vagrant/box/customize.sh",
     ];
@@ -248,6 +250,13 @@ fn vagrant_scripts_are_sound() {
             "bash -n",
         );
     }
+    // The no-bypass probe the VMs run (python3 is in the box).
+    check(
+        Command::new("python3")
+            .args(["-m", "py_compile"])
+            .arg(repo().join("vagrant/probe.py")),
+        "python3 -m py_compile vagrant/probe.py",
+    );
     if have("shellcheck") {
         check(
             Command::new("shellcheck")

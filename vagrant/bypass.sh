@@ -1,0 +1,116 @@
+# shellcheck shell=bash disable=SC2154,SC2034
+# (work, here, vm: set by vagrant/test.sh; vms_with, address_of, on, role_of: vagrant/full.sh)
+# The no-bypass attempts on the booted VMs (issue 14), sourced by vagrant/full.sh: from every
+# client and service VM, on every NIC it has (Vagrant's own included), nothing reaches a stock
+# VM except through the gateway.
+
+# Every address of the stock VMs: their data addresses and their Vagrant NICs'.
+stock_addresses() {
+  local v
+  for v in $(vms_with stock); do
+    address_of "$v" stockade-inside
+    awk -v h="$v" '$1 == "Host" { cur = $2 } cur == h && $1 == "HostName" { print $2 }' "$work/ssh.cfg"
+  done
+}
+
+# TCP (API, metrics, SSH), UDP and ICMP from every NIC of every client and service VM to every
+# address of the stock VMs: no answer, not even a reset. A service VM's data NIC reaches the
+# stock API through the gateway by design (rule service-to-stock-api), so from that NIC only
+# the stock VMs' Vagrant addresses are tried.
+bypass_attempts() {
+  local v nic nics targets specs data_targets vagrant_targets out
+  targets=$(stock_addresses | paste -sd, -)
+  data_targets=$(for v in $(vms_with stock); do address_of "$v" stockade-inside; done | paste -sd, -)
+  vagrant_targets=$(echo "$targets" | tr , '\n' | grep -vxF -f <(echo "$data_targets" | tr , '\n') | paste -sd, -)
+  for v in $(vms_with client) $(vms_with service); do
+    vm=$v
+    on "$v" "cat > /tmp/stockade-probe.py" <"$here/probe.py"
+    nics=$(on "$v" "ls /sys/class/net") || fail "cannot list the NICs"
+    specs=()
+    for nic in $nics; do
+      [ "$nic" = lo ] && continue
+      if [ "$(role_of "$v")" = service ] && [ "$nic" = data ]; then
+        specs+=("$nic:$vagrant_targets")
+      else
+        specs+=("$nic:$targets")
+      fi
+    done
+    if ! out=$(on "$v" "sudo python3 /tmp/stockade-probe.py reach ${specs[*]}" 2>&1); then
+      echo "$out" | grep -E ': (reached|refused|reply)$' >&2 || echo "$out" >&2
+      fail "a stock VM answered an attempt that did not go through the gateway"
+    fi
+    echo "$out" >>"$work/bypass.log"
+    log "$v: $(echo "$out" | tail -n 1) (NICs: $(echo "$nics" | grep -vx lo | paste -sd' ' -); every address of the stock VMs)"
+  done
+}
+
+# Payload forged into client 1's own push connection, held open, sent out of every NIC of
+# client 1 with the connection's tuple and sequence numbers. Evidence that none of it reaches
+# the stock server: tcpdump on every NIC of the stock VM sees none of the forged segments, and
+# the push socket's bytes_received stays 0 (`ss -tin`; the stock server never reads it).
+forge_into_push() {
+  local home=/var/lib/stockade-forge env rmem tuple stock stock_ip eph snd rcv nic stock_nics seen bytes
+  vm=client1
+  env="STOCKADE_HOME=$home STOCKADE_SERVICE=https://198.51.100.110:8443 STOCKADE_CA=/etc/stockade/pki/ca.pem STOCKADE_BIND=198.51.100.101 STOCKADE_PASSPHRASE=forge RUST_LOG=warn"
+  # An object larger than what the stock server's send buffer and client 1's receive window
+  # hold (the window kept small for this: tcp_rmem at most 64 KiB), so that the push stays
+  # open while the client is stopped: 6.75 MB of noise (a PNG that does not compress).
+  on client1 "sudo rm -rf $home && sudo mkdir -p $home && sudo chmod 0700 $home" || fail "client home"
+  on client1 "sudo python3 - $home/big.png" <<'EOF' || fail "making a large image"
+import os, struct, sys, zlib
+w, h = 1500, 1500
+raw = b"".join(b"\0" + os.urandom(w * 3) for _ in range(h))
+def chunk(t, d):
+    return struct.pack("!I", len(d)) + t + d + struct.pack("!I", zlib.crc32(t + d) & 0xffffffff)
+png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack("!IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b"")
+open(sys.argv[1], "wb").write(png)
+EOF
+  on client1 "cd $home && sudo env $env stockade keygen --bits 2048 && sudo env $env stockade register && sudo env $env stockade upload big.png --wait 900" >"$work/forge-upload.log" 2>&1 ||
+    { tail -n 5 "$work/forge-upload.log" >&2; fail "the large upload failed"; }
+  # The download, stopped (SIGSTOP) as soon as the push connection is established: the stock
+  # server's write then blocks on a full window, and the connection stays open.
+  rmem=$(on client1 "cat /proc/sys/net/ipv4/tcp_rmem")
+  on client1 "sudo sysctl -q -w net.ipv4.tcp_rmem='4096 16384 65536'"
+  on client1 "cd $home && (sudo env $env stockade download big.png --out $home/back.png --timeout 900 >$home/download.log 2>&1 &) ;
+    for i in \$(seq 6000); do
+      pid=\$(pgrep -xf 'stockade download big.png.*' | head -n 1)
+      if [ -n \"\$pid\" ] && ss -Htn state established '( sport = :7137 )' | grep -q .; then sudo kill -STOP \$pid; echo stopped \$pid; exit 0; fi
+      sleep 0.02
+    done; exit 1" >"$work/forge-hold.log" 2>&1 || fail "the push connection was not established within 120 s"
+  sleep 3
+  tuple=$(on client1 "sudo python3 /tmp/stockade-probe.py seq 7137") || fail "cannot read the push connection's sequence numbers"
+  # tuple: LOCAL:7137 STOCK:EPH SND RCV
+  stock_ip=$(echo "$tuple" | awk '{split($2, a, ":"); print a[1]}')
+  eph=$(echo "$tuple" | awk '{split($2, a, ":"); print a[2]}')
+  snd=$(echo "$tuple" | awk '{print $3}')
+  rcv=$(echo "$tuple" | awk '{print $4}')
+  stock=""
+  for v in $(vms_with stock); do
+    [ "$(address_of "$v" stockade-inside)" = "$stock_ip" ] && stock=$v
+  done
+  [ -n "$stock" ] || fail "the push came from $stock_ip, not a stock VM"
+  vm=$stock
+  # tcpdump on every NIC of the stock VM, for the forged payload's tuple.
+  stock_nics=$(on "$stock" "ls /sys/class/net" | grep -vx lo)
+  for nic in $stock_nics; do
+    on "$stock" "sudo sh -c 'timeout 40 tcpdump -i $nic -nn -U -w /tmp/forge-$nic.pcap tcp port 7137 >/dev/null 2>&1 &'"
+  done
+  sleep 3
+  vm=client1
+  for nic in $(on client1 "ls /sys/class/net" | grep -vx lo); do
+    on client1 "sudo python3 /tmp/stockade-probe.py forge $nic 198.51.100.101:7137 $stock_ip:$eph $snd $rcv" >>"$work/forge.log" 2>&1 ||
+      fail "forging out of $nic failed: $(tail -n 1 "$work/forge.log")"
+  done
+  sleep 3
+  vm=$stock
+  seen=0
+  for nic in $stock_nics; do
+    on "$stock" "sudo pkill -INT -f 'tcpdump -i $nic ' ; sleep 1; sudo tcpdump -nn -A -r /tmp/forge-$nic.pcap 2>/dev/null | grep -c STOCKADE-FORGED" >"$work/forge-seen-$nic" 2>/dev/null || true
+    seen=$((seen + $(cat "$work/forge-seen-$nic" 2>/dev/null || echo 0)))
+  done
+  bytes=$(on "$stock" "ss -tinH state established '( dst $stock_ip or src $stock_ip ) and ( dport = :7137 )'" | grep -o 'bytes_received:[0-9]*' | cut -d: -f2)
+  on client1 "sudo pkill -CONT -xf 'stockade download big.png.*'; sudo pkill -xf 'stockade download big.png.*'; sudo sysctl -q -w net.ipv4.tcp_rmem='$rmem'" >/dev/null 2>&1 || true
+  [ "$seen" -eq 0 ] || fail "$seen forged segments seen on the NICs of $stock (tcpdump)"
+  [ "${bytes:-0}" -eq 0 ] || fail "the push socket on $stock received $bytes bytes"
+  log "forged into client 1's push connection ($(echo "$tuple" | awk '{print $1" <- "$2}'), held open): $(grep -c '^forged' "$work/forge.log") NICs of client1, $(grep -o 'forged [0-9]*' "$work/forge.log" | awk '{s += $2} END {print s}') segments; tcpdump on $stock's NICs ($(echo "$stock_nics" | paste -sd' ' -)) saw none; its push socket's bytes_received: ${bytes:-0}"
+}

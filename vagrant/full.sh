@@ -1,0 +1,203 @@
+# shellcheck shell=bash disable=SC2154,SC2034
+# (SC2034: variables fail() and cleanup read. work, keep, stop_after, took, lab, here: set by vagrant/test.sh, which sources this file)
+# The whole topology as VMs (issue 14). Sourced by vagrant/test.sh after its shared steps
+# (packages, box, libvirt, accel, networks); uses its helpers (run, fail, log, mark) and sets
+# `vm` and `step` so that a failure names the VM and the step. Steps:
+#   boot       vagrant up --no-provision: every VM, in parallel
+#   glibc      no binary needs a newer glibc than the box's
+#   provision  vagrant provision, every VM in parallel, one log each
+#   targets    the monitor VM's Prometheus sees every target up
+#   story      stockade-lab vm-demo: the lab demo's story, its clients on the client VMs
+#   bypass     from every client and service VM, on every NIC: TCP, UDP, ICMP to every
+#              address of the stock VMs get no answer; payload forged into a client's own push
+#              connection reaches no NIC of the stock VM
+#   reboot     a stock VM rebooted comes back with its guard loaded before its daemon starts,
+#              and the attempts get no answer again
+#   destroy    vagrant destroy, and nothing left behind
+
+topo="$STOCKADE_GENERATED/topology.json"
+# shellcheck disable=SC2207
+vms=($(python3 -c 'import json,sys; print(" ".join(v["name"] for v in json.load(open(sys.argv[1]))["vms"]))' "$topo"))
+role_of() {
+  python3 -c 'import json,sys; print(next(v["role"] for v in json.load(open(sys.argv[1]))["vms"] if v["name"]==sys.argv[2]))' "$topo" "$1"
+}
+# A VM's address on a network of topology.json (the management link: the monitor's).
+address_of() {
+  python3 -c '
+import json, sys
+t = json.load(open(sys.argv[1]))
+vm = next(v for v in t["vms"] if v["name"] == sys.argv[2])
+print(next(n["address"].split("/")[0] for n in vm["nics"] if n["network"] == sys.argv[3]))' "$topo" "$1" "$2"
+}
+on() {
+  local h=$1
+  shift
+  ssh -F "$work/ssh.cfg" -o LogLevel=ERROR -o ConnectTimeout=30 "$h" "$@"
+}
+# --stop-after: leave the VMs up after this step (the cleanup trap keeps them).
+stop_here() {
+  [ "$stop_after" = "$1" ] || return 0
+  mark total
+  log "stopped after step $1 (--stop-after) in ${took[total]} s; the VMs stay up"
+  exit 0
+}
+vms_with() {
+  local r v
+  for v in "${vms[@]}"; do
+    r=$(role_of "$v")
+    [ "$r" = "$1" ] && echo "$v"
+  done
+}
+
+# --- boot: every VM at once (vagrant-libvirt boots in parallel). Under TCG eight guests share
+# two cores, so a boot takes many times longer than alone: the boot timeout is raised.
+step=boot
+vm=all
+s=$SECONDS
+export STOCKADE_BOOT_TIMEOUT=${STOCKADE_BOOT_TIMEOUT:-3000}
+log "booting ${#vms[@]} VMs under $STOCKADE_LIBVIRT_DRIVER: ${vms[*]}"
+if ! run vagrant up --no-provision >"$work/up.log" 2>&1; then
+  vm=$(vagrant status --machine-readable 2>/dev/null | awk -F, '$3 == "state" && $4 != "running" { print $2; exit }')
+  vm=${vm:-unknown}
+  fail "vagrant up failed"
+fi
+mark boot "$s"
+stop_here boot
+vagrant ssh-config >"$work/ssh.cfg" 2>/dev/null || fail "no ssh config"
+
+# --- glibc
+step=glibc
+vm=${vms[0]}
+libc=$(on "$vm" "dpkg-query -W -f '\${Version}' libc6") || fail "cannot read libc6's version"
+libc_upstream=${libc%%-*}
+for b in "$STOCKADE_GENERATED"/bin/*; do
+  need=$(readelf -V --wide "$b" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
+  newest=$(printf '%s\n%s\n' "$need" "$libc_upstream" | sort -V | tail -n 1)
+  [ "$newest" = "$libc_upstream" ] || fail "$(basename "$b") needs GLIBC_$need, the box's libc6 is $libc"
+done
+
+# --- provision: all at once, one log each; the first failure is named with its log.
+step=provision
+s=$SECONDS
+pids=()
+for v in "${vms[@]}"; do
+  timeout "${STOCKADE_PROVISION_TIMEOUT:-1800}" vagrant provision "$v" >"$work/provision-$v.log" 2>&1 &
+  pids+=("$!")
+done
+child="${pids[*]}"
+failed=""
+for i in "${!vms[@]}"; do
+  wait "${pids[$i]}" || failed="$failed ${vms[$i]}"
+done
+child=""
+if [ -n "$failed" ]; then
+  vm=${failed# }
+  vm=${vm%% *}
+  provision_log="$work/provision-$vm.log"
+  fail "vagrant provision failed (also:${failed})"
+fi
+mark provision "$s"
+stop_here provision
+log "every VM is provisioned (boot ${took[boot]} s, provision ${took[provision]} s)"
+
+# --- targets: the monitor's Prometheus, from this machine over the management link.
+step=targets
+vm=monitor
+s=$SECONDS
+prom="http://$(address_of monitor stockade-mgmt):9090"
+up=""
+for _ in $(seq 90); do
+  if curl -sS --max-time 5 "$prom/api/v1/targets" >"$work/targets.json" 2>/dev/null &&
+    up=$(python3 -c '
+import json, sys
+t = json.load(open(sys.argv[1]))["data"]["activeTargets"]
+down = [x["scrapeUrl"] + " " + x["health"] + " " + x.get("lastError", "") for x in t if x["health"] != "up"]
+print("%d targets, %d down%s" % (len(t), len(down), (": " + "; ".join(down)) if down else ""))
+sys.exit(1 if down or not t else 0)' "$work/targets.json"); then
+    break
+  fi
+  up=""
+  sleep 2
+done
+[ -n "$up" ] || fail "not every target is up: $(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["data"]["activeTargets"]; print("; ".join(x["scrapeUrl"]+" "+x["health"]+" "+x.get("lastError","") for x in t))' "$work/targets.json" 2>/dev/null)"
+mark targets "$s"
+stop_here targets
+log "Prometheus on the monitor VM: $up (after ${took[targets]} s)"
+mem_report=""
+for v in "${vms[@]}"; do
+  used=$(on "$v" "free -m | awk '/^Mem:/ {print \$3}'" 2>/dev/null || echo "?")
+  qpid=$(pgrep -f "guest=${STOCKADE_VM_PREFIX}$v," | head -n 1 || true)
+  rss=$([ -n "$qpid" ] && ps -o rss= -p "$qpid" | awk '{printf "%d", $1/1024}' || echo "?")
+  mem_report="$mem_report $v ${used}/${rss}"
+done
+log "memory per VM (used in the guest / qemu RSS, MiB):$mem_report"
+
+# --- story
+step=story
+vm=client1
+s=$SECONDS
+if ! "$lab" vm-demo --topology "$topo" --ssh-config "$work/ssh.cfg" >"$work/story.log" 2>&1; then
+  say "--- last lines of the story"
+  tail -n 30 "$work/story.log" >&2
+  fail "the story failed"
+fi
+mark story "$s"
+stop_here story
+log "the story ran across the VMs in ${took[story]} s ($work/story.log)"
+
+# --- bypass
+# shellcheck source=vagrant/bypass.sh
+. "$here/bypass.sh"
+step=bypass
+s=$SECONDS
+bypass_attempts
+forge_into_push
+mark bypass "$s"
+stop_here bypass
+
+# --- reboot a stock VM: its guard is loaded before its daemon starts; the attempts again.
+step=reboot
+vm=stock1
+s=$SECONDS
+on stock1 "sudo systemctl reboot" >/dev/null 2>&1 || true
+sleep 10
+back=false
+for _ in $(seq 180); do
+  if on stock1 "systemctl is-active stockade-stock.service" >/dev/null 2>&1; then
+    back=true
+    break
+  fi
+  sleep 5
+done
+$back || fail "stock1 did not come back within 15 minutes of its reboot"
+order=$(on stock1 "systemctl show -P ActiveEnterTimestampMonotonic stockade-guard.service; systemctl show -P ExecMainStartTimestampMonotonic stockade-stock.service")
+guard_at=$(echo "$order" | sed -n 1p)
+stock_at=$(echo "$order" | sed -n 2p)
+if [ "${guard_at:-0}" -eq 0 ] || [ "$guard_at" -gt "${stock_at:-0}" ]; then
+  fail "after the reboot the guard was active at ${guard_at:-never}, stockade-stock started at ${stock_at:-never} (µs since boot)"
+fi
+on stock1 "sudo nft list table inet stockade_guard" >/dev/null || fail "the guard is not loaded after the reboot"
+log "stock1 rebooted: guard active at $((guard_at / 1000)) ms, stockade-stock started at $((stock_at / 1000)) ms after boot"
+bypass_attempts
+mark reboot "$s"
+
+# --- destroy, and nothing left behind
+if $keep; then
+  mark total
+  log "PASSED (every VM, $STOCKADE_LIBVIRT_DRIVER, ${dataplane:-default} plane): boot ${took[boot]} s, provision ${took[provision]} s, targets ${took[targets]} s, story ${took[story]} s, bypass ${took[bypass]} s, reboot ${took[reboot]} s, total ${took[total]} s; --keep: not destroyed"
+  exit 0
+fi
+step=destroy
+vm=all
+s=$SECONDS
+run vagrant destroy -f >"$work/destroy.log" 2>&1 || fail "vagrant destroy failed"
+left=$(
+  virsh -q list --all --name | grep "^$STOCKADE_VM_PREFIX" || true
+  virsh -q net-list --all --name | grep '^stockade-' || true
+  virsh -q vol-list default 2>/dev/null | awk '{print $1}' | grep "^$STOCKADE_VM_PREFIX" || true
+)
+[ -z "$left" ] || fail "left behind after vagrant destroy: $left"
+mark destroy "$s"
+mark total
+log "PASSED (every VM, $STOCKADE_LIBVIRT_DRIVER, ${dataplane:-default} plane): boot ${took[boot]} s, provision ${took[provision]} s, targets ${took[targets]} s, story ${took[story]} s, bypass ${took[bypass]} s, reboot ${took[reboot]} s, destroy ${took[destroy]} s, total ${took[total]} s"
+exit 0

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""The no-bypass attempts of vagrant/test.sh, run as root on a client or service VM (issue 14).
+
+  probe.py reach IFACE:TARGET[,TARGET...] [IFACE:TARGET...]
+      From each NIC, to each address: TCP (the stock API, metrics and SSH ports), UDP and ICMP
+      echo, bound to that NIC (SO_BINDTODEVICE: the kernel sends out of it even where no route
+      points there, as an attacker would). One line per attempt:
+          tcp 198.51.100.50:7443 via vagrant0: timeout
+      `reached` or `refused` (a reset, an ICMP port unreachable) or `reply` (an echo reply)
+      means the stock VM answered. Exit 1 if any attempt got an answer.
+
+  probe.py forge IFACE SRC:SPORT DST:DPORT SEQ ACK
+      Sends TCP segments carrying the payload STOCKADE-FORGED, with the given tuple and sequence
+      numbers, out of IFACE as raw Ethernet frames (broadcast, and to every MAC this VM has
+      seen), so that nothing on the link is spared. Prints how many were sent.
+
+  probe.py seq PORT
+      The local and remote sequence numbers (snd_nxt, rcv_nxt) of this VM's established TCP
+      connection on local PORT (TCP_REPAIR on a socket taken over with pidfd_getfd): what a
+      client knows of its own push connection.
+
+Every wait is bounded (3 s an attempt); attempts run in parallel.
+"""
+import concurrent.futures
+import ctypes
+import errno
+import os
+import socket
+import struct
+import sys
+import time
+
+TIMEOUT = 3.0
+TCP_PORTS = (7443, 9443, 22)
+SO_BINDTODEVICE = 25
+
+
+def bound(kind, proto, iface):
+    s = socket.socket(socket.AF_INET, kind, proto)
+    s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.encode())
+    s.settimeout(TIMEOUT)
+    return s
+
+
+def tcp(iface, target, port):
+    s = bound(socket.SOCK_STREAM, 0, iface)
+    try:
+        s.connect((target, port))
+        return "reached"
+    except ConnectionRefusedError:
+        return "refused"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return "unreachable (%s)" % errno.errorcode.get(e.errno, e.errno)
+    finally:
+        s.close()
+
+
+def udp(iface, target, port=9999):
+    s = bound(socket.SOCK_DGRAM, 0, iface)
+    try:
+        s.connect((target, port))
+        s.send(b"stockade-probe")
+        s.recv(64)
+        return "reached"
+    except ConnectionRefusedError:
+        return "refused"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return "unreachable (%s)" % errno.errorcode.get(e.errno, e.errno)
+    finally:
+        s.close()
+
+
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def icmp(iface, target):
+    s = bound(socket.SOCK_RAW, socket.IPPROTO_ICMP, iface)
+    ident = os.getpid() & 0xFFFF
+    body = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"stockade-probe"
+    body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+    try:
+        s.sendto(body, (target, 0))
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                pkt, (src, _) = s.recvfrom(2048)
+            except socket.timeout:
+                break
+            if src == target:
+                return "reply"
+        return "timeout"
+    except OSError as e:
+        return "unreachable (%s)" % errno.errorcode.get(e.errno, e.errno)
+    finally:
+        s.close()
+
+
+def reach(specs):
+    jobs = []
+    for spec in specs:
+        iface, _, targets = spec.partition(":")
+        for t in filter(None, targets.split(",")):
+            for p in TCP_PORTS:
+                jobs.append(("tcp %s:%d via %s" % (t, p, iface), tcp, (iface, t, p)))
+            jobs.append(("udp %s:9999 via %s" % (t, iface), udp, (iface, t)))
+            jobs.append(("icmp %s via %s" % (t, iface), icmp, (iface, t)))
+    answered = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        results = [(what, pool.submit(f, *args)) for what, f, args in jobs]
+        for what, fut in results:
+            r = fut.result()
+            if r in ("reached", "refused", "reply"):
+                answered += 1
+            print("%s: %s" % (what, r), flush=True)
+    print("%d attempts, %d answered" % (len(jobs), answered))
+    return 1 if answered else 0
+
+
+def forge(iface, src, dst, seq, ack):
+    from scapy.all import ARP, Ether, IP, TCP, Raw, conf, get_if_hwaddr, sendp, sniff
+
+    conf.verb = 0
+    sip, sport = src.rsplit(":", 1)
+    dip, dport = dst.rsplit(":", 1)
+    macs = {"ff:ff:ff:ff:ff:ff"}
+    # Every MAC seen on this link for 2 s (the host's bridge, any VM that talks).
+    for p in sniff(iface=iface, timeout=2):
+        if Ether in p:
+            macs.add(p[Ether].src)
+    macs.discard(get_if_hwaddr(iface))
+    seg = IP(src=sip, dst=dip) / TCP(sport=int(sport), dport=int(dport), flags="PA", seq=int(seq), ack=int(ack)) / Raw(b"STOCKADE-FORGED")
+    n = 0
+    for mac in sorted(macs):
+        for _ in range(3):
+            sendp(Ether(dst=mac) / seg, iface=iface)
+            n += 1
+    print("forged %d segments %s -> %s seq %s ack %s out of %s to %s" % (n, src, dst, seq, ack, iface, ",".join(sorted(macs))))
+    return 0
+
+
+# The sequence numbers of an established connection another process owns: take a duplicate of
+# its socket (pidfd_getfd), switch it to repair mode and read both queues' sequence numbers.
+TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ = 19, 20, 21
+TCP_RECV_QUEUE, TCP_SEND_QUEUE = 1, 2
+SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
+
+
+def seq(port):
+    libc = ctypes.CDLL(None, use_errno=True)
+    port = int(port)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir("/proc/%s/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if not os.readlink("/proc/%s/fd/%s" % (pid, fd)).startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            pidfd = libc.syscall(SYS_PIDFD_OPEN, int(pid), 0)
+            if pidfd < 0:
+                continue
+            dup = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0)
+            os.close(pidfd)
+            if dup < 0:
+                continue
+            s = socket.socket(fileno=dup)
+            try:
+                if s.type != socket.SOCK_STREAM or s.family != socket.AF_INET:
+                    continue
+                try:
+                    local, remote = s.getsockname(), s.getpeername()
+                except OSError:
+                    continue
+                if local[1] != port:
+                    continue
+                s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+                try:
+                    s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+                    snd = struct.unpack("I", s.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, 4))[0]
+                    s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+                    rcv = struct.unpack("I", s.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, 4))[0]
+                finally:
+                    s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
+                print("%s:%d %s:%d %d %d" % (local[0], local[1], remote[0], remote[1], snd, rcv))
+                return 0
+            finally:
+                s.detach()
+                os.close(dup)
+    print("no established TCP connection on local port %d" % port, file=sys.stderr)
+    return 1
+
+
+def main(argv):
+    if len(argv) >= 2 and argv[0] == "reach":
+        return reach(argv[1:])
+    if len(argv) == 6 and argv[0] == "forge":
+        return forge(*argv[1:])
+    if len(argv) == 2 and argv[0] == "seq":
+        return seq(argv[1])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
