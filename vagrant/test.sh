@@ -17,8 +17,8 @@
 # destroys it and checks that no domain, network or volume is left. Steps:
 #   packages  install libvirt, qemu, vagrant and vagrant-libvirt from Debian's packages
 #   box       build the box (cached in /var/cache/stockade-vagrant) and add it to Vagrant
-#   libvirt   start libvirt's daemons when they are not running (stopped again at the end)
 #   accel     KVM when a test boot shows it works, TCG emulation otherwise
+#   libvirt   start libvirt's daemons when they are not running (stopped again at the end)
 #   networks  stockade-lab renders the VMs' files and chooses documentation /28s for the
 #             host-joined networks, checked against this machine's routes before anything exists
 #   boot      vagrant up --no-provision
@@ -173,7 +173,8 @@ fail() {
         say "--- last lines of $vm's serial console ($console)"
         tail -n 25 "$console" | tr -d '\r' | sed 's/\x1b\[[0-9;]*m//g' >&2
       fi
-      [ -f "$work/up.log" ] && { say "--- last lines of vagrant up"; grep -v Progress "$work/up.log" | tail -n 10 >&2; }
+      # The last lines of vagrant up, without a Ruby backtrace's frames (the error is above them).
+      [ -f "$work/up.log" ] && { say "--- last lines of vagrant up"; grep -v -e Progress -e '^/usr/' -e '^	from /' "$work/up.log" | tail -n 12 >&2; }
       ;;
     provision)
       local plog=${provision_log:-$work/provision.log}
@@ -200,34 +201,10 @@ box_img=$(find "$boxes" -path '*/libvirt/box.img' 2>/dev/null | head -n 1)
 [ -f "$box_img" ] || fail "the box's image is not under $boxes"
 mark box "$s"
 
-# --- libvirt
-step=libvirt
-s=$SECONDS
-if ! virsh -q version >/dev/null 2>&1; then
-  if [ "$(ps -p 1 -o comm=)" = systemd ]; then
-    systemctl start libvirtd.service || fail "systemctl start libvirtd failed"
-    started_daemons+=(systemd:libvirtd.service)
-  else
-    # No systemd as PID 1: start the daemons by hand, stop exactly these by pid at the end.
-    mkdir -p /run/libvirt
-    if ! pidof virtlogd >/dev/null; then
-      virtlogd -d -p "$work/virtlogd.pid" || fail "virtlogd did not start"
-      started_daemons+=("virtlogd:$(cat "$work/virtlogd.pid")")
-    fi
-    libvirtd -d -p "$work/libvirtd.pid" || fail "libvirtd did not start"
-    for _ in $(seq 100); do [ -s "$work/libvirtd.pid" ] && break; sleep 0.1; done
-    started_daemons+=("libvirtd:$(cat "$work/libvirtd.pid")")
-  fi
-  for _ in $(seq 100); do virsh -q version >/dev/null 2>&1 && break; sleep 0.2; done
-  virsh -q version >/dev/null 2>&1 || fail "libvirtd does not answer on qemu:///system"
-  log "started ${started_daemons[*]%%:*} (stopped again at the end)"
-fi
-remove_ours
-mkdir -p "$STOCKADE_CONSOLE_DIR"
-rm -f "$STOCKADE_CONSOLE_DIR/$STOCKADE_VM_PREFIX"*
-mark libvirt "$s"
-
-# --- accel: a short boot of the box under KVM; the kernel must print within 20 s.
+# --- accel: a short boot of the box under KVM; the kernel must print within 20 s. Before
+# libvirt starts: a libvirtd that was running while the KVM test hung kept re-probing QEMU (a
+# capabilities probe every 5 s, with 8 domains not started after 10 minutes); started after
+# it, libvirtd probes once and starts all 8 in 2 minutes.
 step=accel
 s=$SECONDS
 if [ -n "${STOCKADE_LIBVIRT_DRIVER:-}" ]; then
@@ -258,6 +235,33 @@ else
 fi
 export STOCKADE_LIBVIRT_DRIVER
 mark accel "$s"
+
+# --- libvirt
+step=libvirt
+s=$SECONDS
+if ! virsh -q version >/dev/null 2>&1; then
+  if [ "$(ps -p 1 -o comm=)" = systemd ]; then
+    systemctl start libvirtd.service || fail "systemctl start libvirtd failed"
+    started_daemons+=(systemd:libvirtd.service)
+  else
+    # No systemd as PID 1: start the daemons by hand, stop exactly these by pid at the end.
+    mkdir -p /run/libvirt
+    if ! pidof virtlogd >/dev/null; then
+      virtlogd -d -p "$work/virtlogd.pid" || fail "virtlogd did not start"
+      started_daemons+=("virtlogd:$(cat "$work/virtlogd.pid")")
+    fi
+    libvirtd -d -p "$work/libvirtd.pid" || fail "libvirtd did not start"
+    for _ in $(seq 100); do [ -s "$work/libvirtd.pid" ] && break; sleep 0.1; done
+    started_daemons+=("libvirtd:$(cat "$work/libvirtd.pid")")
+  fi
+  for _ in $(seq 100); do virsh -q version >/dev/null 2>&1 && break; sleep 0.2; done
+  virsh -q version >/dev/null 2>&1 || fail "libvirtd does not answer on qemu:///system"
+  log "started ${started_daemons[*]%%:*} (stopped again at the end)"
+fi
+remove_ours
+mkdir -p "$STOCKADE_CONSOLE_DIR"
+rm -f "$STOCKADE_CONSOLE_DIR/$STOCKADE_VM_PREFIX"*
+mark libvirt "$s"
 
 # --- networks and files
 step=networks
