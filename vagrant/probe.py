@@ -14,6 +14,11 @@
       numbers, out of IFACE as raw Ethernet frames (broadcast, and to every MAC this VM has
       seen), so that nothing on the link is spared. Prints how many were sent.
 
+  probe.py knock IFACE TARGET PORT SECONDS
+      A TCP connection attempt out of IFACE every 0.3 s for SECONDS (or until killed): while the
+      gateway VM reboots, none may get through. Prints the count of each outcome at the end
+      (also on SIGTERM/SIGINT).
+
   probe.py seq PORT
       The local and remote sequence numbers (snd_nxt, rcv_nxt) of this VM's established TCP
       connection on local PORT (TCP_REPAIR on a socket taken over with pidfd_getfd): what a
@@ -149,6 +154,37 @@ def forge(iface, src, dst, seq, ack):
     return 0
 
 
+def knock(iface, target, port, seconds):
+    import signal
+
+    counts = {}
+
+    def report(*_):
+        print(" ".join("%s=%d" % kv for kv in sorted(counts.items())) or "no attempts", flush=True)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, report)
+    signal.signal(signal.SIGINT, report)
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        s = bound(socket.SOCK_STREAM, 0, iface)
+        s.settimeout(0.3)
+        try:
+            s.connect((target, int(port)))
+            r = "reached"
+        except ConnectionRefusedError:
+            r = "refused"
+        except socket.timeout:
+            r = "timeout"
+        except OSError as e:
+            r = errno.errorcode.get(e.errno, str(e.errno))
+        finally:
+            s.close()
+        counts[r] = counts.get(r, 0) + 1
+        time.sleep(0.3)
+    report()
+
+
 # The sequence numbers of an established connection another process owns: take a duplicate of
 # its socket (pidfd_getfd), switch it to repair mode and read both queues' sequence numbers.
 TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ = 19, 20, 21
@@ -209,6 +245,8 @@ def main(argv):
         return reach(argv[1:])
     if len(argv) == 6 and argv[0] == "forge":
         return forge(*argv[1:])
+    if len(argv) == 5 and argv[0] == "knock":
+        return knock(*argv[1:])
     if len(argv) == 2 and argv[0] == "seq":
         return seq(argv[1])
     print(__doc__, file=sys.stderr)
