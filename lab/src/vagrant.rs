@@ -737,6 +737,54 @@ mod tests {
         assert!(!check_no_bypass(&broken).is_empty());
     }
 
+    /// The lab and the VMs are one design: every host of the lab's topology is a VM with the
+    /// lab's addresses and MACs (the lab sets them in `netns`), on the segment the lab puts it.
+    #[test]
+    fn the_vms_are_the_labs_hosts() {
+        let n = nets();
+        let t = topology(&n);
+        assert_eq!(t.vms.len(), topology::HOSTS.len() + 1);
+        for h in topology::HOSTS {
+            let vm = t.vms.iter().find(|v| v.name == h.name).expect(h.name);
+            let data = &vm.nics[0];
+            assert_eq!(data.name, DATA_IF);
+            assert_eq!(
+                data.address,
+                Some(format!("{}/{}", h.ip, topology::DATA_PREFIX_LEN))
+            );
+            assert_eq!(data.mac, topology::mac_for(h.ip));
+            let segment = match h.segment {
+                Segment::Outside => NET_OUTSIDE,
+                Segment::Inside => NET_INSIDE,
+            };
+            assert_eq!(data.network, segment, "{}", h.name);
+            let mgmt: Vec<_> = vm.nics.iter().filter(|x| x.network == NET_MGMT).collect();
+            match n.mgmt.of(&h) {
+                Some(a) => {
+                    assert_eq!(mgmt.len(), 1, "{}", h.name);
+                    assert_eq!(mgmt[0].address, Some(format!("{a}/28")));
+                    assert_eq!(mgmt[0].mac, topology::mac_for(a));
+                    assert_eq!(mgmt[0].name, MGMT_IF);
+                }
+                None => assert!(mgmt.is_empty(), "{}", h.name),
+            }
+        }
+        let gw = t.vms.iter().find(|v| v.role == "gateway").unwrap();
+        let ports: Vec<(&str, &str)> = gw
+            .nics
+            .iter()
+            .filter(|x| x.port)
+            .map(|x| (x.name.as_str(), x.mac.as_str()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (topology::GATEWAY_OUTSIDE, GATEWAY_OUTSIDE_MAC),
+                (topology::GATEWAY_INSIDE, GATEWAY_INSIDE_MAC)
+            ]
+        );
+    }
+
     fn chain<'a>(g: &'a str, name: &str) -> Vec<&'a str> {
         let start = g.find(&format!("chain {name}")).unwrap();
         let body = &g[start..];
