@@ -49,13 +49,15 @@ bypass_attempts() {
 # the stock server: tcpdump on every NIC of the stock VM sees none of the forged segments, and
 # the push socket's bytes_received stays 0 (`ss -tin`; the stock server never reads it).
 forge_into_push() {
-  local home=/var/lib/stockade-forge env rmem tuple stock stock_ip eph snd rcv nic stock_nics seen bytes
+  local home=/var/lib/stockade-forge env rmem tuple n push_sock stock_mac stock stock_ip eph snd rcv nic stock_nics seen bytes
   vm=client1
   env="STOCKADE_HOME=$home STOCKADE_SERVICE=https://198.51.100.110:8443 STOCKADE_CA=/etc/stockade/pki/ca.pem STOCKADE_BIND=198.51.100.101 STOCKADE_PASSPHRASE=forge RUST_LOG=warn"
   # An object larger than what the stock server's send buffer and client 1's receive window
   # hold (the window kept small for this: tcp_rmem at most 64 KiB), so that the push stays
   # open while the client is stopped: 6.75 MB of noise (a PNG that does not compress).
-  on client1 "sudo rm -rf $home && sudo mkdir -p $home && sudo chmod 0700 $home" || fail "client home"
+  on client1 "cat > /tmp/stockade-probe.py" <"$here/probe.py"
+  # (A download an earlier attempt held, if any, lets go of the push port first.)
+  on client1 "sudo pkill -CONT -f '[s]tockade download big.png'; sudo pkill -f '[s]tockade download big.png'; sudo rm -rf $home && sudo mkdir -p $home && sudo chmod 0700 $home" || fail "client home"
   on client1 "sudo python3 - $home/big.png" <<'EOF' || fail "making a large image"
 import os, struct, sys, zlib
 w, h = 1500, 1500
@@ -65,20 +67,36 @@ def chunk(t, d):
 png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack("!IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b"")
 open(sys.argv[1], "wb").write(png)
 EOF
-  on client1 "cd $home && sudo env $env stockade keygen --bits 2048 && sudo env $env stockade register && sudo env $env stockade upload big.png --wait 900" >"$work/forge-upload.log" 2>&1 ||
+  # (The server password it prints is kept out of the log.)
+  on client1 "sudo env $env sh -c 'cd $home && stockade keygen --bits 2048 && stockade register && stockade upload big.png --wait 900'" 2>&1 |
+    grep -v '^server password:' >"$work/forge-upload.log" ||
     { tail -n 5 "$work/forge-upload.log" >&2; fail "the large upload failed"; }
   # The download, stopped (SIGSTOP) as soon as the push connection is established: the stock
   # server's write then blocks on a full window, and the connection stays open.
   rmem=$(on client1 "cat /proc/sys/net/ipv4/tcp_rmem")
   on client1 "sudo sysctl -q -w net.ipv4.tcp_rmem='4096 16384 65536'"
-  on client1 "cd $home && (sudo env $env stockade download big.png --out $home/back.png --timeout 900 >$home/download.log 2>&1 &) ;
-    for i in \$(seq 6000); do
-      pid=\$(pgrep -xf 'stockade download big.png.*' | head -n 1)
-      if [ -n \"\$pid\" ] && ss -Htn state established '( sport = :7137 )' | grep -q .; then sudo kill -STOP \$pid; echo stopped \$pid; exit 0; fi
-      sleep 0.02
-    done; exit 1" >"$work/forge-hold.log" 2>&1 || fail "the push connection was not established within 120 s"
+  on client1 "cat > /tmp/stockade-hold.sh" <<EOF
+cd $home
+stockade download big.png --out $home/back.png --timeout 900 >$home/download.log 2>&1 &
+pid=\$!
+for _ in \$(seq 6000); do
+  if ss -Htn state established '( sport = :7137 )' | grep -q .; then
+    kill -STOP \$pid
+    echo "stopped \$pid"
+    exit 0
+  fi
+  kill -0 \$pid 2>/dev/null || { echo "the download ended before the push was held"; cat $home/download.log; exit 1; }
+  sleep 0.02
+done
+exit 1
+EOF
+  # Client 1 captures its own push connection: the sequence numbers come from it.
+  on client1 "sudo sh -c 'rm -f /tmp/push.pcap; timeout 900 tcpdump -i data -nn -U -w /tmp/push.pcap tcp port 7137 >/dev/null 2>&1 &'"
   sleep 3
-  tuple=$(on client1 "sudo python3 /tmp/stockade-probe.py seq 7137") || fail "cannot read the push connection's sequence numbers"
+  on client1 "sudo env $env bash /tmp/stockade-hold.sh" >"$work/forge-hold.log" 2>&1 ||
+    fail "the push connection was not held open: $(tail -n 3 "$work/forge-hold.log")"
+  sleep 3
+  tuple=$(on client1 "sudo python3 /tmp/stockade-probe.py seq /tmp/push.pcap 7137") || fail "cannot read the push connection's sequence numbers"
   # tuple: LOCAL:7137 STOCK:EPH SND RCV
   stock_ip=$(echo "$tuple" | awk '{split($2, a, ":"); print a[1]}')
   eph=$(echo "$tuple" | awk '{split($2, a, ":"); print a[2]}')
@@ -89,6 +107,8 @@ EOF
     [ "$(address_of "$v" stockade-inside)" = "$stock_ip" ] && stock=$v
   done
   [ -n "$stock" ] || fail "the push came from $stock_ip, not a stock VM"
+  # The stock VM's data MAC is no secret (the lab derives it from the address): aim at it too.
+  stock_mac=$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); print(next(n["mac"] for v in t["vms"] if v["name"]==sys.argv[2] for n in v["nics"] if n["network"]=="stockade-inside"))' "$topo" "$stock")
   vm=$stock
   # tcpdump on every NIC of the stock VM, for the forged payload's tuple.
   stock_nics=$(on "$stock" "ls /sys/class/net" | grep -vx lo)
@@ -98,18 +118,23 @@ EOF
   sleep 3
   vm=client1
   for nic in $(on client1 "ls /sys/class/net" | grep -vx lo); do
-    on client1 "sudo python3 /tmp/stockade-probe.py forge $nic 198.51.100.101:7137 $stock_ip:$eph $snd $rcv" >>"$work/forge.log" 2>&1 ||
+    on client1 "sudo python3 /tmp/stockade-probe.py forge $nic 198.51.100.101:7137 $stock_ip:$eph $snd $rcv $stock_mac" >>"$work/forge.log" 2>&1 ||
       fail "forging out of $nic failed: $(tail -n 1 "$work/forge.log")"
   done
   sleep 3
   vm=$stock
   seen=0
   for nic in $stock_nics; do
-    on "$stock" "sudo pkill -INT -f 'tcpdump -i $nic ' ; sleep 1; sudo tcpdump -nn -A -r /tmp/forge-$nic.pcap 2>/dev/null | grep -c STOCKADE-FORGED" >"$work/forge-seen-$nic" 2>/dev/null || true
-    seen=$((seen + $(cat "$work/forge-seen-$nic" 2>/dev/null || echo 0)))
+    # grep -c prints 0 (and exits 1) when nothing matches; anything but a number is a failure.
+    n=$(on "$stock" "sudo pkill -INT -f '[t]cpdump -i $nic '; sleep 1; sudo tcpdump -nn -A -r /tmp/forge-$nic.pcap 2>/dev/null | grep -c STOCKADE-FORGED" || true)
+    case "$n" in '' | *[!0-9]*) fail "cannot read the capture of $stock's $nic: $n" ;; esac
+    seen=$((seen + n))
   done
-  bytes=$(on "$stock" "ss -tinH state established '( dst $stock_ip or src $stock_ip ) and ( dport = :7137 )'" | grep -o 'bytes_received:[0-9]*' | cut -d: -f2)
-  on client1 "sudo pkill -CONT -xf 'stockade download big.png.*'; sudo pkill -xf 'stockade download big.png.*'; sudo sysctl -q -w net.ipv4.tcp_rmem='$rmem'" >/dev/null 2>&1 || true
+  # ss prints bytes_received only when it is not 0; the push socket itself must be there.
+  push_sock=$(on "$stock" "ss -tinH state established '( dport = :7137 )'" || true)
+  [ -n "$push_sock" ] || fail "the push connection is gone from $stock: nothing held open to forge into"
+  bytes=$(echo "$push_sock" | grep -o 'bytes_received:[0-9]*' | cut -d: -f2 || true)
+  on client1 "sudo pkill -CONT -f '[s]tockade download big.png'; sudo pkill -f '[s]tockade download big.png'; sudo pkill -f '[t]cpdump -i data'; sudo sysctl -q -w net.ipv4.tcp_rmem='$rmem'" >/dev/null 2>&1 || true
   [ "$seen" -eq 0 ] || fail "$seen forged segments seen on the NICs of $stock (tcpdump)"
   [ "${bytes:-0}" -eq 0 ] || fail "the push socket on $stock received $bytes bytes"
   log "forged into client 1's push connection ($(echo "$tuple" | awk '{print $1" <- "$2}'), held open): $(grep -c '^forged' "$work/forge.log") NICs of client1, $(grep -o 'forged [0-9]*' "$work/forge.log" | awk '{s += $2} END {print s}') segments; tcpdump on $stock's NICs ($(echo "$stock_nics" | paste -sd' ' -)) saw none; its push socket's bytes_received: ${bytes:-0}"

@@ -17,38 +17,14 @@
 #              crosses; once it is back, service 1 reaches the stock API again
 #   destroy    vagrant destroy, and nothing left behind
 
-topo="$STOCKADE_GENERATED/topology.json"
-# shellcheck disable=SC2207
-vms=($(python3 -c 'import json,sys; print(" ".join(v["name"] for v in json.load(open(sys.argv[1]))["vms"]))' "$topo"))
-role_of() {
-  python3 -c 'import json,sys; print(next(v["role"] for v in json.load(open(sys.argv[1]))["vms"] if v["name"]==sys.argv[2]))' "$topo" "$1"
-}
-# A VM's address on a network of topology.json (the management link: the monitor's).
-address_of() {
-  python3 -c '
-import json, sys
-t = json.load(open(sys.argv[1]))
-vm = next(v for v in t["vms"] if v["name"] == sys.argv[2])
-print(next(n["address"].split("/")[0] for n in vm["nics"] if n["network"] == sys.argv[3]))' "$topo" "$1" "$2"
-}
-on() {
-  local h=$1
-  shift
-  ssh -F "$work/ssh.cfg" -o LogLevel=ERROR -o ConnectTimeout=30 "$h" "$@"
-}
+# shellcheck source=vagrant/vms.sh
+. "$here/vms.sh"
 # --stop-after: leave the VMs up after this step (the cleanup trap keeps them).
 stop_here() {
   [ "$stop_after" = "$1" ] || return 0
   mark total
   log "stopped after step $1 (--stop-after) in ${took[total]} s; the VMs stay up"
   exit 0
-}
-vms_with() {
-  local r v
-  for v in "${vms[@]}"; do
-    r=$(role_of "$v")
-    [ "$r" = "$1" ] && echo "$v"
-  done
 }
 
 # How many VMs boot or provision at once: under TCG a guest needs a whole core, and eight
@@ -135,7 +111,6 @@ sys.exit(1 if down or not t else 0)' "$work/targets.json"); then
 done
 [ -n "$up" ] || fail "not every target is up: $(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["data"]["activeTargets"]; print("; ".join(x["scrapeUrl"]+" "+x["health"]+" "+x.get("lastError","") for x in t))' "$work/targets.json" 2>/dev/null)"
 mark targets "$s"
-stop_here targets
 log "Prometheus on the monitor VM: $up (after ${took[targets]} s)"
 mem_report=""
 for v in "${vms[@]}"; do
@@ -145,6 +120,7 @@ for v in "${vms[@]}"; do
   mem_report="$mem_report $v ${used}/${rss}"
 done
 log "memory per VM (used in the guest / qemu RSS, MiB):$mem_report"
+stop_here targets
 
 # --- story
 step=story
@@ -221,9 +197,9 @@ for _ in $(seq 180); do
 done
 $back || fail "the gateway VM did not serve its metrics within 15 minutes of its reboot"
 sleep 5
-on client1 "sudo pkill -TERM -f 'stockade-probe.py knock'; sleep 1; cat /tmp/knock.log" >"$work/knock.log" 2>&1 || true
+on client1 "sudo pkill -TERM -f '[s]tockade-probe.py knock'; sleep 1; cat /tmp/knock.log" >"$work/knock.log" 2>&1 || true
 vm=stock1
-crossed=$(on stock1 "sudo pkill -INT -f 'tcpdump -i data'; sleep 1; sudo tcpdump -nn -r /tmp/gw-reboot.pcap 2>/dev/null | wc -l")
+crossed=$(on stock1 "sudo pkill -INT -f '[t]cpdump -i data'; sleep 1; sudo tcpdump -nn -r /tmp/gw-reboot.pcap 2>/dev/null | wc -l")
 [ "${crossed:-1}" -eq 0 ] || fail "$crossed packets of client 1 crossed to stock1 while the gateway VM rebooted"
 vm=service1
 reached=$(on service1 "/usr/local/bin/stockade-lab probe tcp $stock1_ip:7443 --timeout 10" 2>&1 || true)

@@ -9,25 +9,23 @@
       `reached` or `refused` (a reset, an ICMP port unreachable) or `reply` (an echo reply)
       means the stock VM answered. Exit 1 if any attempt got an answer.
 
-  probe.py forge IFACE SRC:SPORT DST:DPORT SEQ ACK
+  probe.py forge IFACE SRC:SPORT DST:DPORT SEQ ACK [MAC...]
       Sends TCP segments carrying the payload STOCKADE-FORGED, with the given tuple and sequence
-      numbers, out of IFACE as raw Ethernet frames (broadcast, and to every MAC this VM has
-      seen), so that nothing on the link is spared. Prints how many were sent.
+      numbers, out of IFACE as raw Ethernet frames (broadcast, to every MAC this VM has seen,
+      and to the MACs given), so that nothing on the link is spared. Prints how many were sent.
 
   probe.py knock IFACE TARGET PORT SECONDS
       A TCP connection attempt out of IFACE every 0.3 s for SECONDS (or until killed): while the
       gateway VM reboots, none may get through. Prints the count of each outcome at the end
       (also on SIGTERM/SIGINT).
 
-  probe.py seq PORT
-      The local and remote sequence numbers (snd_nxt, rcv_nxt) of this VM's established TCP
-      connection on local PORT (TCP_REPAIR on a socket taken over with pidfd_getfd): what a
-      client knows of its own push connection.
+  probe.py seq PCAP PORT
+      The tuple and this VM's next sequence numbers (snd_nxt, rcv_nxt) on its TCP connection
+      on local PORT, from a capture of it: what a client knows of its own push connection.
 
 Every wait is bounded (3 s an attempt); attempts run in parallel.
 """
 import concurrent.futures
-import ctypes
 import errno
 import os
 import socket
@@ -132,13 +130,13 @@ def reach(specs):
     return 1 if answered else 0
 
 
-def forge(iface, src, dst, seq, ack):
+def forge(iface, src, dst, seq, ack, *extra_macs):
     from scapy.all import ARP, Ether, IP, TCP, Raw, conf, get_if_hwaddr, sendp, sniff
 
     conf.verb = 0
     sip, sport = src.rsplit(":", 1)
     dip, dport = dst.rsplit(":", 1)
-    macs = {"ff:ff:ff:ff:ff:ff"}
+    macs = {"ff:ff:ff:ff:ff:ff", *extra_macs}
     # Every MAC seen on this link for 2 s (the host's bridge, any VM that talks).
     for p in sniff(iface=iface, timeout=2):
         if Ether in p:
@@ -185,70 +183,34 @@ def knock(iface, target, port, seconds):
     report()
 
 
-# The sequence numbers of an established connection another process owns: take a duplicate of
-# its socket (pidfd_getfd), switch it to repair mode and read both queues' sequence numbers.
-TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ = 19, 20, 21
-TCP_RECV_QUEUE, TCP_SEND_QUEUE = 1, 2
-SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
+def seq(pcap, port):
+    """The tuple and the next sequence numbers of this VM's side of the connection on local
+    `port`, from a capture of it: the last segment this VM sent carries its snd_nxt as seq
+    and its rcv_nxt as ack (the kernel acknowledges what arrives even while the process is
+    stopped, or has not yet accepted the connection)."""
+    from scapy.all import IP, TCP, rdpcap
 
-
-def seq(port):
-    libc = ctypes.CDLL(None, use_errno=True)
-    port = int(port)
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = os.listdir("/proc/%s/fd" % pid)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if not os.readlink("/proc/%s/fd/%s" % (pid, fd)).startswith("socket:"):
-                    continue
-            except OSError:
-                continue
-            pidfd = libc.syscall(SYS_PIDFD_OPEN, int(pid), 0)
-            if pidfd < 0:
-                continue
-            dup = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0)
-            os.close(pidfd)
-            if dup < 0:
-                continue
-            s = socket.socket(fileno=dup)
-            try:
-                if s.type != socket.SOCK_STREAM or s.family != socket.AF_INET:
-                    continue
-                try:
-                    local, remote = s.getsockname(), s.getpeername()
-                except OSError:
-                    continue
-                if local[1] != port:
-                    continue
-                s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
-                try:
-                    s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
-                    snd = struct.unpack("I", s.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, 4))[0]
-                    s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
-                    rcv = struct.unpack("I", s.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, 4))[0]
-                finally:
-                    s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
-                print("%s:%d %s:%d %d %d" % (local[0], local[1], remote[0], remote[1], snd, rcv))
-                return 0
-            finally:
-                s.detach()
-                os.close(dup)
-    print("no established TCP connection on local port %d" % port, file=sys.stderr)
-    return 1
+    last = None
+    for p in rdpcap(pcap):
+        if IP in p and TCP in p and p[TCP].sport == int(port):
+            last = p
+    if last is None:
+        print("no segment from local port %s in %s" % (port, pcap), file=sys.stderr)
+        return 1
+    t = last[TCP]
+    print("%s:%d %s:%d %d %d" % (last[IP].src, t.sport, last[IP].dst, t.dport, t.seq, t.ack))
+    return 0
 
 
 def main(argv):
     if len(argv) >= 2 and argv[0] == "reach":
         return reach(argv[1:])
-    if len(argv) == 6 and argv[0] == "forge":
+    if len(argv) >= 6 and argv[0] == "forge":
         return forge(*argv[1:])
     if len(argv) == 5 and argv[0] == "knock":
         return knock(*argv[1:])
-    if len(argv) == 2 and argv[0] == "seq":
-        return seq(argv[1])
+    if len(argv) == 3 and argv[0] == "seq":
+        return seq(argv[1], argv[2])
     print(__doc__, file=sys.stderr)
     return 2
 

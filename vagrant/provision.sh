@@ -58,6 +58,9 @@ while read -r mac name; do
     ip link set dev "$dev" name "$name"
   fi
   ip link set dev "$name" up
+  # Transmit checksum offload off (the .link file keeps it at boot): the gateway drops frames
+  # whose L4 checksum a virtio NIC left for the host to fill in.
+  ethtool -K "$name" tx off >/dev/null
 done < "$src/$host/nics"
 # systemd-sysctl, as at boot: it expands the globs of 90-stockade.conf (rp_filter on every NIC).
 /lib/systemd/systemd-sysctl

@@ -77,7 +77,8 @@ impl Hosts for VmHosts {
         env: &[(String, String)],
         dir: &Path,
     ) -> Command {
-        let mut line = format!("cd {} && exec sudo env", quote(&dir.display().to_string()));
+        // As root, in `dir` (which may be root's alone): the whole line goes to `sudo sh -c`.
+        let mut line = format!("cd {} && exec env", quote(&dir.display().to_string()));
         for (k, v) in env {
             line.push(' ');
             line.push_str(&quote(&format!("{k}={v}")));
@@ -86,7 +87,7 @@ impl Hosts for VmHosts {
             line.push(' ');
             line.push_str(&quote(a));
         }
-        self.ssh(host, &line)
+        self.ssh(host, &format!("sudo sh -c {}", quote(&line)))
     }
 
     fn put(&self, host: &Host, path: &Path, bytes: &[u8]) -> Result<(), LabError> {

@@ -98,6 +98,31 @@ fn rendered_vm_files_are_consistent() {
             _ => assert!(!nets.contains(&"stockade-inside"), "{name}: {nets:?}"),
         }
     }
+    // Transmit checksum offload off on every NIC of every VM (the gateway verifies every L4
+    // checksum; a virtio NIC leaves them partial), as the lab does on every veth.
+    for vm in vms {
+        let name = vm["name"].as_str().unwrap();
+        for nic in vm["nics"].as_array().unwrap() {
+            let link = std::fs::read_dir(g.join(name).join("root/etc/systemd/network"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| {
+                    p.extension().is_some_and(|x| x == "link")
+                        && std::fs::read_to_string(p)
+                            .unwrap()
+                            .contains(nic["mac"].as_str().unwrap())
+                })
+                .unwrap_or_else(|| panic!("{name}: no .link file for {nic}"));
+            let text = std::fs::read_to_string(&link).unwrap();
+            assert!(
+                text.contains("TransmitChecksumOffload=no"),
+                "{name}: {}",
+                link.display()
+            );
+        }
+    }
+    let provision = std::fs::read_to_string(repo().join("vagrant/provision.sh")).unwrap();
+    assert!(provision.contains("ethtool -K \"$name\" tx off"));
     // Every host has forwarding off.
     for vm in vms {
         let name = vm["name"].as_str().unwrap();
