@@ -117,6 +117,7 @@ EOF
   done
   sleep 3
   vm=client1
+  : >"$work/forge.log"
   for nic in $(on client1 "ls /sys/class/net" | grep -vx lo); do
     on client1 "sudo python3 /tmp/stockade-probe.py forge $nic 198.51.100.101:7137 $stock_ip:$eph $snd $rcv $stock_mac" >>"$work/forge.log" 2>&1 ||
       fail "forging out of $nic failed: $(tail -n 1 "$work/forge.log")"
