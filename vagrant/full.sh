@@ -149,61 +149,14 @@ stop_here bypass
 step=reboot
 vm=stock1
 s=$SECONDS
-on stock1 "sudo systemctl reboot" >/dev/null 2>&1 || true
-sleep 10
-back=false
-for _ in $(seq 180); do
-  if on stock1 "systemctl is-active stockade-stock.service" >/dev/null 2>&1; then
-    back=true
-    break
-  fi
-  sleep 5
-done
-$back || fail "stock1 did not come back within 15 minutes of its reboot"
-order=$(on stock1 "systemctl show -P ActiveEnterTimestampMonotonic stockade-guard.service; systemctl show -P ExecMainStartTimestampMonotonic stockade-stock.service")
-guard_at=$(echo "$order" | sed -n 1p)
-stock_at=$(echo "$order" | sed -n 2p)
-if [ "${guard_at:-0}" -eq 0 ] || [ "$guard_at" -gt "${stock_at:-0}" ]; then
-  fail "after the reboot the guard was active at ${guard_at:-never}, stockade-stock started at ${stock_at:-never} (µs since boot)"
-fi
-on stock1 "sudo nft list table inet stockade_guard" >/dev/null || fail "the guard is not loaded after the reboot"
-log "stock1 rebooted: guard active at $((guard_at / 1000)) ms, stockade-stock started at $((stock_at / 1000)) ms after boot"
-bypass_attempts
+reboot_stock
 mark reboot "$s"
 
-# --- the gateway VM rebooted: while it boots, and until its daemon has loaded its rules,
-# nothing crosses. Client 1 knocks at stock1's API every 0.3 s throughout (a connection the
-# rules refuse), and tcpdump on stock1's data NIC must see none of its packets; once the
-# gateway is back, service 1 reaches stock1's API again (the rules admit it).
+# --- the gateway VM rebooted: nothing crosses until its rules are loaded.
 step=gateway-reboot
 vm=gateway
 s=$SECONDS
-gw_metrics="http://$(address_of gateway stockade-mgmt):9464/metrics"
-stock1_ip=$(address_of stock1 stockade-inside)
-client1_ip=$(address_of client1 stockade-outside)
-on stock1 "sudo sh -c 'timeout 1800 tcpdump -i data -nn -U -w /tmp/gw-reboot.pcap ip src host $client1_ip >/dev/null 2>&1 &'"
-on client1 "cat > /tmp/stockade-probe.py" <"$here/probe.py"
-on client1 "sudo sh -c 'timeout 1800 python3 /tmp/stockade-probe.py knock data $stock1_ip 7443 1800 >/tmp/knock.log 2>&1 &'"
-sleep 5
-on gateway "sudo systemctl reboot" >/dev/null 2>&1 || true
-sleep 10
-back=false
-for _ in $(seq 180); do
-  if curl -sS --max-time 5 "$gw_metrics" 2>/dev/null | grep -q '^stockade_gateway_'; then
-    back=true
-    break
-  fi
-  sleep 5
-done
-$back || fail "the gateway VM did not serve its metrics within 15 minutes of its reboot"
-sleep 5
-on client1 "sudo pkill -TERM -f '[s]tockade-probe.py knock'; sleep 1; cat /tmp/knock.log" >"$work/knock.log" 2>&1 || true
-vm=stock1
-crossed=$(on stock1 "sudo pkill -INT -f '[t]cpdump -i data'; sleep 1; sudo tcpdump -nn -r /tmp/gw-reboot.pcap 2>/dev/null | wc -l")
-[ "${crossed:-1}" -eq 0 ] || fail "$crossed packets of client 1 crossed to stock1 while the gateway VM rebooted"
-vm=service1
-reached=$(on service1 "/usr/local/bin/stockade-lab probe tcp $stock1_ip:7443 --timeout 10" 2>&1 || true)
-case "$reached" in reached*) ;; *) fail "after the gateway's reboot, service 1 does not reach stock1's API: $reached" ;; esac
+reboot_gateway
 mark gateway_reboot "$s"
 log "gateway VM rebooted (${took[gateway_reboot]} s): client 1's knocks at stock1 during it: $(tail -n 1 "$work/knock.log"); packets on stock1's data NIC: 0; service 1 reaches stock1's API again"
 
