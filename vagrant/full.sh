@@ -41,7 +41,10 @@ log "booting ${#vms[@]} VMs under $STOCKADE_LIBVIRT_DRIVER, $batch at a time: ${
 for ((i = 0; i < ${#vms[@]}; i += batch)); do
   these=("${vms[@]:i:batch}")
   if ! run vagrant up --no-provision "${these[@]}" >>"$work/up.log" 2>&1; then
-    vm=$(vagrant status --machine-readable "${these[@]}" 2>/dev/null | awk -F, '$3 == "state" && $4 != "running" { print $2; exit }')
+    # The VM Vagrant names in its error ("... on the 'stock2' machine"), else the first one
+    # not running.
+    vm=$(grep -o "on the '[^']*' machine" "$work/up.log" | head -n 1 | cut -d"'" -f2 || true)
+    [ -n "$vm" ] || vm=$(vagrant status --machine-readable "${these[@]}" 2>/dev/null | awk -F, '$3 == "state" && $4 != "running" { print $2; exit }')
     vm=${vm:-${these[0]}}
     fail "vagrant up failed"
   fi
