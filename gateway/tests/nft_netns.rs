@@ -55,6 +55,12 @@ fn service_connects(lab: &Lab) -> TcpStream {
 #[test]
 fn nft_plane_behaves_like_firewall45() {
     if !is_root() {
+        // In CI (root) a test that cannot run is a failure, never a silent pass.
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "needs root: CI runs as root"
+        );
         eprintln!("nft_plane_behaves_like_firewall45: SKIPPED, needs root (network namespaces)");
         return;
     }
@@ -464,6 +470,12 @@ fn nft_plane_behaves_like_firewall45() {
 #[test]
 fn nft_plane_fails_closed() {
     if !is_root() {
+        // In CI (root) a test that cannot run is a failure, never a silent pass.
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "needs root: CI runs as root"
+        );
         eprintln!("nft_plane_fails_closed: SKIPPED, needs root (network namespaces)");
         return;
     }
