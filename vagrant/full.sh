@@ -57,13 +57,7 @@ vagrant ssh-config >"$work/ssh.cfg" 2>/dev/null || fail "no ssh config"
 # --- glibc
 step=glibc
 vm=${vms[0]}
-libc=$(on "$vm" "dpkg-query -W -f '\${Version}' libc6") || fail "cannot read libc6's version"
-libc_upstream=${libc%%-*}
-for b in "$STOCKADE_GENERATED"/bin/*; do
-  need=$(readelf -V --wide "$b" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
-  newest=$(printf '%s\n%s\n' "$need" "$libc_upstream" | sort -V | tail -n 1)
-  [ "$newest" = "$libc_upstream" ] || fail "$(basename "$b") needs GLIBC_$need, the box's libc6 is $libc"
-done
+check_glibc "$vm"
 
 # --- provision: in batches, one log each; the first failure is named with its log.
 step=provision
@@ -172,13 +166,7 @@ fi
 step=destroy
 vm=all
 s=$SECONDS
-run vagrant destroy -f >"$work/destroy.log" 2>&1 || fail "vagrant destroy failed"
-left=$(
-  virsh -q list --all --name | grep "^$STOCKADE_VM_PREFIX" || true
-  virsh -q net-list --all --name | grep '^stockade-' || true
-  virsh -q vol-list default 2>/dev/null | awk '{print $1}' | grep "^$STOCKADE_VM_PREFIX" || true
-)
-[ -z "$left" ] || fail "left behind after vagrant destroy: $left"
+destroy_checked
 mark destroy "$s"
 mark total
 log "PASSED (every VM, $STOCKADE_LIBVIRT_DRIVER, ${dataplane:-default} plane): boot ${took[boot]} s, provision ${took[provision]} s, targets ${took[targets]} s, story ${took[story]} s, bypass ${took[bypass]} s, stock reboot ${took[reboot]} s, gateway reboot ${took[gateway_reboot]} s, destroy ${took[destroy]} s, total ${took[total]} s"

@@ -45,10 +45,11 @@ def bound(kind, proto, iface):
     return s
 
 
-def tcp(iface, target, port):
-    s = bound(socket.SOCK_STREAM, 0, iface)
+def attempt(s, action):
+    """`action(s)` on a bound socket: reached, refused (a reset, an ICMP port unreachable),
+    timeout, or unreachable (a local error such as no ARP answer)."""
     try:
-        s.connect((target, port))
+        action(s)
         return "reached"
     except ConnectionRefusedError:
         return "refused"
@@ -58,23 +59,19 @@ def tcp(iface, target, port):
         return "unreachable (%s)" % errno.errorcode.get(e.errno, e.errno)
     finally:
         s.close()
+
+
+def tcp(iface, target, port):
+    return attempt(bound(socket.SOCK_STREAM, 0, iface), lambda s: s.connect((target, port)))
 
 
 def udp(iface, target, port=9999):
-    s = bound(socket.SOCK_DGRAM, 0, iface)
-    try:
+    def exchange(s):
         s.connect((target, port))
         s.send(b"stockade-probe")
         s.recv(64)
-        return "reached"
-    except ConnectionRefusedError:
-        return "refused"
-    except socket.timeout:
-        return "timeout"
-    except OSError as e:
-        return "unreachable (%s)" % errno.errorcode.get(e.errno, e.errno)
-    finally:
-        s.close()
+
+    return attempt(bound(socket.SOCK_DGRAM, 0, iface), exchange)
 
 
 def checksum(data):

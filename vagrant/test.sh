@@ -184,6 +184,33 @@ fail() {
   exit 1
 }
 
+# No binary may need a GLIBC_ version newer than the box's libc6, read from booted VM $1.
+check_glibc() {
+  local libc libc_upstream b need newest
+  libc=$(ssh -F "$work/ssh.cfg" -o LogLevel=ERROR "$1" "dpkg-query -W -f '\${Version}' libc6") ||
+    fail "cannot read libc6's version"
+  libc_upstream=${libc%%-*}
+  for b in "$STOCKADE_GENERATED"/bin/*; do
+    need=$(readelf -V --wide "$b" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
+    newest=$(printf '%s\n%s\n' "$need" "$libc_upstream" | sort -V | tail -n 1)
+    [ "$newest" = "$libc_upstream" ] ||
+      fail "$(basename "$b") needs GLIBC_$need, the box's libc6 is $libc: build the binaries in a chroot of the box"
+  done
+  log "binaries need at most GLIBC_$need-era symbols; the box has libc6 $libc"
+}
+
+# vagrant destroy (of the VMs named, or all), then nothing of ours may be left.
+destroy_checked() {
+  local left
+  run vagrant destroy -f "$@" >"$work/destroy.log" 2>&1 || fail "vagrant destroy failed"
+  left=$(
+    virsh -q list --all --name | grep "^$STOCKADE_VM_PREFIX" || true
+    virsh -q net-list --all --name | grep '^stockade-' || true
+    virsh -q vol-list default 2>/dev/null | awk '{print $1}' | grep "^$STOCKADE_VM_PREFIX" || true
+  )
+  [ -z "$left" ] || fail "left behind after vagrant destroy: $left"
+}
+
 # --- packages
 need_packages libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 vagrant \
   vagrant-libvirt rsync dnsmasq-base openssh-client binutils curl
@@ -298,15 +325,7 @@ on_vm() { ssh -F "$work/ssh.cfg" -o LogLevel=ERROR "$vm" "$@"; }
 
 # --- glibc: read the box's libc6 from the booted VM, compare with every binary's needs.
 step=glibc
-libc=$(on_vm "dpkg-query -W -f '\${Version}' libc6") || fail "cannot read libc6's version"
-libc_upstream=${libc%%-*}
-for b in "$STOCKADE_GENERATED"/bin/*; do
-  need=$(readelf -V --wide "$b" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
-  newest=$(printf '%s\n%s\n' "$need" "$libc_upstream" | sort -V | tail -n 1)
-  [ "$newest" = "$libc_upstream" ] ||
-    fail "$(basename "$b") needs GLIBC_$need, the box's libc6 is $libc: build the binaries in a chroot of the box"
-done
-log "binaries need at most GLIBC_$need-era symbols; the box has libc6 $libc"
+check_glibc "$vm"
 
 # --- provision
 step=provision
@@ -350,13 +369,7 @@ rss=$([ -n "$qpid" ] && ps -o rss= -p "$qpid" | awk '{printf "%d", $1/1024}' || 
 # --- destroy, and nothing left behind
 step=destroy
 s=$SECONDS
-vagrant destroy -f "$vm" >"$work/destroy.log" 2>&1 || fail "vagrant destroy failed"
-left=$(
-  virsh -q list --all --name | grep "^$STOCKADE_VM_PREFIX" || true
-  virsh -q net-list --all --name | grep '^stockade-' || true
-  virsh -q vol-list default 2>/dev/null | awk '{print $1}' | grep "^$STOCKADE_VM_PREFIX" || true
-)
-[ -z "$left" ] || fail "left behind after vagrant destroy: $left"
+destroy_checked "$vm"
 mark destroy "$s"
 mark total
 log "smoke: PASSED ($vm under $STOCKADE_LIBVIRT_DRIVER): box ${took[box]} s, libvirt ${took[libvirt]} s, accel test ${took[accel]} s, files ${took[networks]} s, boot ${took[boot]} s, provision ${took[provision]} s, destroy ${took[destroy]} s, total ${took[total]} s; VM memory used ${mem} MiB, qemu RSS ${rss} MiB"

@@ -1,5 +1,5 @@
-# shellcheck shell=bash disable=SC2154
-# (work, STOCKADE_GENERATED: set by vagrant/test.sh)
+# shellcheck shell=bash disable=SC2154,SC2034
+# (work, STOCKADE_GENERATED: set by vagrant/test.sh; SC2034: vms is read by full.sh)
 # The VMs of a rendered topology.json and how to reach them, for vagrant/full.sh and
 # vagrant/bypass.sh: `on VM CMD` runs CMD over SSH with the config `vagrant ssh-config` wrote.
 topo="$STOCKADE_GENERATED/topology.json"
@@ -22,9 +22,5 @@ on() {
   ssh -F "$work/ssh.cfg" -o LogLevel=ERROR -o ConnectTimeout=30 "$h" "$@"
 }
 vms_with() {
-  local r v
-  for v in "${vms[@]}"; do
-    r=$(role_of "$v")
-    [ "$r" = "$1" ] && echo "$v"
-  done
+  python3 -c 'import json,sys; print("\n".join(v["name"] for v in json.load(open(sys.argv[1]))["vms"] if v["role"]==sys.argv[2]))' "$topo" "$1"
 }

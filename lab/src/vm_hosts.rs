@@ -63,6 +63,29 @@ impl VmHosts {
     }
 }
 
+impl VmHosts {
+    /// Runs a file copy's remote `line` (bounded); its output, or an error naming the file.
+    fn copy(
+        &self,
+        host: &Host,
+        line: &str,
+        input: Option<&[u8]>,
+        what: &str,
+        path: &Path,
+    ) -> Result<Vec<u8>, LabError> {
+        let c = sh::run_bytes(self.ssh(host, line), input, COPY_TIMEOUT)?;
+        if c.code != Some(0) {
+            return Err(LabError::Invalid(format!(
+                "{what} {} on {}: {}",
+                path.display(),
+                host.name,
+                String::from_utf8_lossy(&c.stderr).trim()
+            )));
+        }
+        Ok(c.stdout)
+    }
+}
+
 /// One word for the remote shell.
 pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -100,30 +123,13 @@ impl Hosts for VmHosts {
                 quote(&path.display().to_string())
             ))
         );
-        let c = sh::run_bytes(self.ssh(host, &line), Some(bytes), COPY_TIMEOUT)?;
-        if c.code != Some(0) {
-            return Err(LabError::Invalid(format!(
-                "writing {} on {}: {}",
-                path.display(),
-                host.name,
-                String::from_utf8_lossy(&c.stderr).trim()
-            )));
-        }
-        Ok(())
+        self.copy(host, &line, Some(bytes), "writing", path)
+            .map(drop)
     }
 
     fn get(&self, host: &Host, path: &Path) -> Result<Vec<u8>, LabError> {
         let line = format!("sudo cat {}", quote(&path.display().to_string()));
-        let c = sh::run_bytes(self.ssh(host, &line), None, COPY_TIMEOUT)?;
-        if c.code != Some(0) {
-            return Err(LabError::Invalid(format!(
-                "reading {} on {}: {}",
-                path.display(),
-                host.name,
-                String::from_utf8_lossy(&c.stderr).trim()
-            )));
-        }
-        Ok(c.stdout)
+        self.copy(host, &line, None, "reading", path)
     }
 
     fn program(&self, name: &str) -> String {
