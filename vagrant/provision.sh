@@ -36,12 +36,24 @@ fi
 step=files
 install -m 0755 "$src"/bin/stockade* /usr/local/bin/
 cp -a "$src/$host/root/." /
-mkdir -p /var/lib/stockade/data /var/log/stockade /run/stockade
-chmod 0700 /var/lib/stockade/data
+mkdir -p /var/log/stockade
+# The daemons' system users, from the packages' own sysusers.d entries (their state and runtime
+# folders come from the units: StateDirectory, RuntimeDirectory).
+step=users
+systemd-sysusers
 if [ -d /etc/stockade/pki ]; then
   chmod 0755 /etc/stockade/pki
   find /etc/stockade/pki -name '*.key' -exec chmod 0600 {} +
 fi
+# Each private key belongs to the one daemon user that loads it (0600).
+own_key() {
+  [ -f "/etc/stockade/pki/$2" ] && chown "$1:$1" "/etc/stockade/pki/$2"
+  return 0
+}
+case "$role" in
+  service) own_key stockade-service service.key; own_key stockade-service service-client.key ;;
+  stock) own_key stockade-stock stock.key ;;
+esac
 
 # Interfaces: rename each NIC by its MAC now (the .link files keep the names across boots),
 # then systemd-networkd gives them their addresses (none on the gateway's ports).
@@ -62,7 +74,10 @@ while read -r mac name; do
   # whose L4 checksum a virtio NIC left for the host to fill in.
   ethtool -K "$name" tx off >/dev/null
 done < "$src/$host/nics"
-# systemd-sysctl, as at boot: it expands the globs of 90-stockade.conf (rp_filter on every NIC).
+# Modules and sysctls, as at boot: modules-load.d first (br_netfilter for the gateway, whose
+# unit may not load modules), then systemd-sysctl, which expands the globs of 90-stockade.conf
+# (rp_filter on every NIC).
+/lib/systemd/systemd-modules-load
 /lib/systemd/systemd-sysctl
 systemctl enable systemd-networkd
 systemctl restart systemd-networkd

@@ -39,6 +39,10 @@ enum Cmd {
     Check {
         /// The rules file.
         file: PathBuf,
+        /// Exit 0 when the file loads, even with lints (they are still printed): what a unit's
+        /// ExecStartPre runs, so a lint never keeps the gateway down but an error does.
+        #[arg(long)]
+        allow_lints: bool,
     },
     /// Show which rule (or drop reason) decides a given packet.
     Explain(ExplainArgs),
@@ -152,10 +156,14 @@ fn main() -> ExitCode {
             stockade_logging::init(log_format);
             run(args).map(|()| ExitCode::SUCCESS)
         }
-        Cmd::Check { file } => {
+        Cmd::Check { file, allow_lints } => {
             let report = check::check_file(&file);
             print!("{report}");
-            Ok(ExitCode::from(report.exit_code() as u8))
+            let code = match report.exit_code() {
+                1 if allow_lints => 0,
+                c => c,
+            };
+            Ok(ExitCode::from(code as u8))
         }
         Cmd::Explain(args) => explain_cmd(args),
         Cmd::Compile(args) => compile_cmd(args),
@@ -254,6 +262,8 @@ fn run(args: RunArgs) -> Result<()> {
         ));
         let ctl_task = tokio::spawn(ctl_server.serve(flow_table));
         info!(metrics = %metrics_addr, ctl = %args.ctl.display(), "stockade-gateway running");
+        // Ready only now: the rules are enforced by the plane, metrics and ctl are bound.
+        stockade_logging::ready::listening("forwarding under the rules");
 
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let failure = loop {
@@ -270,6 +280,7 @@ fn run(args: RunArgs) -> Result<()> {
                 }
             }
         };
+        stockade_logging::ready::stopping();
         // Stop forwarding first (the plane closes the gate before anything else), then the
         // management side.
         let stopped = tokio::task::spawn_blocking({

@@ -7,13 +7,15 @@
 //!
 //! Modules: `topology` (hosts, addresses, names), `netns` (wiring), `render` (templates),
 //! `daemon` (processes), `lab` (up, down, status, exec), `demo` (the story), `probe`,
-//! `vagrant` (VM provisioning files), `metrics` (reading /metrics).
+//! `vagrant` (VM provisioning files), `package` (the Debian packages' units and users, which
+//! the VMs run too), `metrics` (reading /metrics).
 
 pub mod daemon;
 pub mod demo;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
+pub mod package;
 pub mod probe;
 pub mod render;
 pub mod sh;

@@ -120,6 +120,9 @@ enum Cmd {
         #[arg(long)]
         vagrant_stock_net: Option<String>,
     },
+    /// Render the Debian packages' systemd units (from lab/templates, with the packages' paths)
+    /// into DIR (packaging/units in the repository).
+    PackageUnits { dir: PathBuf },
     /// Check, before anything is created, that a rendered topology.json's networks still
     /// overlap no address or route of this machine.
     VagrantCheck { topology: PathBuf },
@@ -222,6 +225,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         let remote = PathBuf::from(format!("/var/lib/stockade-demo/{stamp}"));
         let mut out = std::io::stdout();
         stockade_lab::demo::run_on(&hosts, local, remote, &mut out).context("vm-demo")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Cmd::PackageUnits { dir } = &cli.cmd {
+        stockade_lab::package::write_units(dir)?;
+        println!("wrote the packages' units to {}", dir.display());
         return Ok(ExitCode::SUCCESS);
     }
     if let Cmd::VagrantCheck { topology } = &cli.cmd {
@@ -358,6 +366,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Probe { .. }
         | Cmd::VagrantFiles { .. }
         | Cmd::VagrantCheck { .. }
+        | Cmd::PackageUnits { .. }
         | Cmd::VmDemo { .. } => {
             unreachable!("handled above")
         }

@@ -105,10 +105,14 @@ impl Layout {
         }
     }
 
+    /// A daemon's state. On a VM, the packaged unit's StateDirectory: one daemon per VM.
     pub fn data_dir(&self, host: &str) -> PathBuf {
         match self {
             Layout::Lab { state } => state.join("hosts").join(host).join("data"),
-            Layout::Vm => "/var/lib/stockade/data".into(),
+            Layout::Vm => match topology::host(host).map(|h| h.role) {
+                Some(Role::Stock) => "/var/lib/stockade-stock".into(),
+                _ => "/var/lib/stockade-service".into(),
+            },
         }
     }
 
@@ -188,12 +192,17 @@ impl Layout {
         self.config_dir(host).join("clamd.conf")
     }
 
+    /// On a VM, in stockade-clamd's RuntimeDirectory.
     pub fn clamd_socket(&self, host: &str) -> PathBuf {
         self.run_dir(host).join("clamd.sock")
     }
 
+    /// On a VM, in stockade-service's RuntimeDirectory (the packaged unit's).
     pub fn admin_socket(&self, host: &str) -> PathBuf {
-        self.run_dir(host).join("admin.sock")
+        match self {
+            Layout::Lab { .. } => self.run_dir(host).join("admin.sock"),
+            Layout::Vm => "/run/stockade-service/admin.sock".into(),
+        }
     }
 }
 
@@ -289,6 +298,15 @@ pub fn host_files(s: &Settings, host: &Host) -> Result<Vec<File>, LabError> {
                 &[
                     ("host", host.name.to_string()),
                     ("socket", p(&l.clamd_socket(host.name))),
+                    // On a VM the service runs as its own user (the packaged unit): clamd's
+                    // socket belongs to that user's group.
+                    (
+                        "socket_group",
+                        match l {
+                            Layout::Lab { .. } => String::new(),
+                            Layout::Vm => "LocalSocketGroup stockade-service\n".into(),
+                        },
+                    ),
                     ("database_dir", p(&l.clamav_db())),
                     (
                         "log_file",

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::netns::{DATA_IF, GATEWAY_INSIDE_MAC, GATEWAY_OUTSIDE_MAC, MGMT_IF};
+use crate::package::{self, Daemon};
 use crate::render::{self, Layout, Settings};
 use crate::topology::{self, Mgmt, Role, Segment};
 use crate::{sh, LabError};
@@ -397,6 +398,15 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
         let unit = |t: &render::Template, vars: &[(&str, String)]| -> Result<(), LabError> {
             write(&units_dir.join(t.file), &render::render(t, vars)?)
         };
+        // The packages' own units and system users (`package`), with the binaries in BIN_DIR.
+        let packaged = |d: Daemon| -> Result<(), LabError> {
+            write(
+                &units_dir.join(format!("{}.service", d.name())),
+                &package::unit(d, BIN_DIR)?,
+            )?;
+            let (file, users) = d.sysusers();
+            write(&place(Path::new("/usr/lib/sysusers.d")).join(file), users)
+        };
         match (vm.role.as_str(), host) {
             ("service", Some(h)) => {
                 unit(
@@ -406,17 +416,7 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
                         ("config", layout.clamd_config(h.name).display().to_string()),
                     ],
                 )?;
-                unit(
-                    &render::UNIT_SERVICE,
-                    &[
-                        ("host", h.name.into()),
-                        ("bin_dir", BIN_DIR.into()),
-                        (
-                            "config",
-                            layout.service_config(h.name).display().to_string(),
-                        ),
-                    ],
-                )?;
+                packaged(Daemon::Service)?;
                 write(
                     &place(&layout.clamav_db()).join("stockade.ndb"),
                     &render::signature_db()?,
@@ -426,15 +426,8 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
                     "stockade-service.service".into(),
                 ]);
             }
-            ("stock", Some(h)) => {
-                unit(
-                    &render::UNIT_STOCK,
-                    &[
-                        ("host", h.name.into()),
-                        ("bin_dir", BIN_DIR.into()),
-                        ("config", layout.stock_config(h.name).display().to_string()),
-                    ],
-                )?;
+            ("stock", Some(_)) => {
+                packaged(Daemon::Stock)?;
                 write(&place(Path::new("/etc/stockade/guard.nft")), &stock_guard())?;
                 write(&units_dir.join("stockade-guard.service"), GUARD_UNIT)?;
                 units.extend([
@@ -453,22 +446,30 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
                         .cloned()
                         .unwrap_or_default()
                 };
-                let extra = opts
-                    .dataplane
-                    .as_ref()
-                    .map(|d| format!(" --dataplane {d}"))
-                    .unwrap_or_default();
-                unit(
-                    &render::UNIT_GATEWAY,
-                    &[
-                        ("bin_dir", BIN_DIR.into()),
-                        ("rules", get("--rules")),
-                        ("outside", get("--outside")),
-                        ("inside", get("--inside")),
-                        ("metrics", get("--metrics")),
-                        ("ctl", get("--ctl")),
-                        ("extra_args", extra),
-                    ],
+                if get("--ctl") != "/run/stockade-gateway/ctl.sock" {
+                    return Err(LabError::Invalid(format!(
+                        "the packaged gateway unit's control socket is /run/stockade-gateway/ctl.sock, not {}",
+                        get("--ctl")
+                    )));
+                }
+                packaged(Daemon::Gateway)?;
+                write(
+                    &place(Path::new(package::GATEWAY_ENV)),
+                    &package::gateway_env(
+                        Path::new(&get("--rules")),
+                        &get("--outside"),
+                        &get("--inside"),
+                        &get("--metrics"),
+                        opts.dataplane.as_deref().unwrap_or("userspace"),
+                    ),
+                )?;
+                write(
+                    &place(Path::new("/etc/modules-load.d/stockade-gateway.conf")),
+                    package::GATEWAY_MODULES,
+                )?;
+                write(
+                    &place(Path::new("/etc/sysctl.d/80-stockade-gateway.conf")),
+                    package::GATEWAY_SYSCTL,
                 )?;
                 write(&place(&layout.rules()), &rules)?;
                 units.push("stockade-gateway.service".into());

@@ -213,6 +213,8 @@ fn rendered_vm_files_are_consistent() {
             Command::new("systemd-analyze").arg("verify").args(&paths),
             "systemd-analyze verify",
         );
+    } else if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("systemd-analyze is not installed: .ci/run must install systemd");
     } else {
         eprintln!("systemd-analyze not installed: units not verified");
     }
@@ -256,7 +258,8 @@ fn rendered_vm_files_are_consistent() {
     }
 }
 
-/// Every script of vagrant/ (provisioning, the box build, the VM test): `bash -n`, and
+/// Every script of vagrant/ (provisioning, the box build, the VM test) and packaging/ (the
+/// packages' test, the maintainer scripts): `bash -n`, and
 /// shellcheck, which CI installs (under CI a missing shellcheck fails this test).
 #[test]
 fn vagrant_scripts_are_sound() {
@@ -268,6 +271,16 @@ fn vagrant_scripts_are_sound() {
         "vagrant/bypass.sh",
         "vagrant/box/build.sh",
         "vagrant/box/customize.sh",
+        "packaging/test.sh",
+        "packaging/debian/stockade-service/postinst",
+        "packaging/debian/stockade-service/prerm",
+        "packaging/debian/stockade-service/postrm",
+        "packaging/debian/stockade-stock/postinst",
+        "packaging/debian/stockade-stock/prerm",
+        "packaging/debian/stockade-stock/postrm",
+        "packaging/debian/stockade-gateway/postinst",
+        "packaging/debian/stockade-gateway/prerm",
+        "packaging/debian/stockade-gateway/postrm",
     ];
     for s in scripts {
         check(

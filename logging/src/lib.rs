@@ -7,6 +7,8 @@
 //!   shippers;
 //! - `RUST_LOG` filters as usual (default `info`).
 
+pub mod ready;
+
 use std::ffi::OsStr;
 use std::io::IsTerminal;
 

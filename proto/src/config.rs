@@ -54,9 +54,94 @@ pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     parse_yaml(path, &text)
 }
 
+/// The keys a config's JSON Schema names that `doc` lacks, as dotted paths (`limits.max_pixels`,
+/// `stock_servers[].url`). For the packaged default configs, which must list every key: the
+/// schema comes from the config type (`schemars`), so a new field fails the test until the
+/// default config documents it.
+pub fn missing_keys(schema: &serde_json::Value, doc: &serde_json::Value) -> Vec<String> {
+    let mut missing = Vec::new();
+    walk(schema, schema, doc, "", &mut missing);
+    missing.sort();
+    missing
+}
+
+fn walk(
+    root: &serde_json::Value,
+    schema: &serde_json::Value,
+    doc: &serde_json::Value,
+    at: &str,
+    missing: &mut Vec<String>,
+) {
+    // `$ref: "#/definitions/Name"` (schemars 0.8) points into the root's definitions.
+    if let Some(r) = schema.get("$ref").and_then(|r| r.as_str()) {
+        let name = r.rsplit('/').next().unwrap_or(r);
+        if let Some(def) = root.get("definitions").and_then(|d| d.get(name)) {
+            walk(root, def, doc, at, missing);
+        }
+        return;
+    }
+    // Option<T> is `anyOf: [T, null]`; a flattened or defaulted struct may be `allOf: [T]`.
+    for key in ["anyOf", "allOf", "oneOf"] {
+        for sub in schema
+            .get(key)
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            walk(root, sub, doc, at, missing);
+        }
+    }
+    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+        for (k, sub) in props {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            match doc.get(k) {
+                Some(v) => walk(root, sub, v, &path, missing),
+                None => missing.push(path),
+            }
+        }
+    }
+    if let (Some(items), Some(first)) =
+        (schema.get("items"), doc.as_array().and_then(|a| a.first()))
+    {
+        walk(root, items, first, &format!("{at}[]"), missing);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_keys_follow_refs_options_and_lists() {
+        let schema = serde_json::json!({
+            "properties": {
+                "a": { "type": "integer" },
+                "tls": { "$ref": "#/definitions/Tls" },
+                "opt": { "anyOf": [ { "$ref": "#/definitions/Tls" }, { "type": "null" } ] },
+                "list": { "type": "array", "items": { "$ref": "#/definitions/Item" } }
+            },
+            "definitions": {
+                "Tls": { "properties": { "cert": {}, "key": {} } },
+                "Item": { "properties": { "name": {}, "url": {} } }
+            }
+        });
+        let full = serde_json::json!({
+            "a": 1, "tls": { "cert": "c", "key": "k" }, "opt": { "cert": "c", "key": "k" },
+            "list": [ { "name": "n", "url": "u" } ]
+        });
+        assert!(missing_keys(&schema, &full).is_empty());
+        let partial = serde_json::json!({
+            "tls": { "cert": "c" }, "opt": { "key": "k" }, "list": [ { "name": "n" } ]
+        });
+        assert_eq!(
+            missing_keys(&schema, &partial),
+            ["a", "list[].url", "opt.cert", "tls.key"]
+        );
+    }
 
     #[derive(serde::Deserialize, Debug)]
     #[serde(deny_unknown_fields)]

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
@@ -38,7 +38,7 @@ pub struct ServiceConfig {
     pub reduced_images: crate::reduced_image::ReducedImagesConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The service's HTTPS certificate and key.
@@ -51,7 +51,7 @@ pub struct TlsFiles {
     pub client_key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockServer {
     /// The name recorded with each server password (80).
@@ -60,7 +60,7 @@ pub struct StockServer {
     pub url: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Clamd {
     /// `tcp://127.0.0.1:3310` or a Unix socket path `/run/clamav/clamd.ctl`.
@@ -72,7 +72,7 @@ pub struct Clamd {
     pub stream_max_bytes: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Review {
     /// 93 decided by policy instead of an operator. Only for the lab demo: the virus (91) and
@@ -81,7 +81,7 @@ pub struct Review {
     pub auto_approve_ethics: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     #[serde(default = "default_max_upload")]
@@ -236,5 +236,55 @@ impl ServiceConfig {
             k.validate().map_err(invalid)?;
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACKAGED: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/service/service.yaml"
+    );
+
+    /// The default config the package ships lists every key of `ServiceConfig`.
+    #[test]
+    fn the_packaged_default_config_lists_every_key() {
+        let text = std::fs::read_to_string(PACKAGED).unwrap();
+        let doc: serde_json::Value =
+            stockade_proto::config::parse_yaml(Path::new(PACKAGED), &text).unwrap();
+        let schema = serde_json::to_value(schemars::schema_for!(ServiceConfig)).unwrap();
+        let missing = stockade_proto::config::missing_keys(&schema, &doc);
+        assert!(missing.is_empty(), "{PACKAGED} lacks {missing:?}");
+    }
+
+    /// Copied unedited it is refused, naming the placeholder; with a real operator hash it loads.
+    #[test]
+    fn the_packaged_default_config_loads_once_the_operator_hash_is_set() {
+        let err = ServiceConfig::load(Path::new(PACKAGED))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("console.operators[0].password_hash"), "{err}");
+        let text = std::fs::read_to_string(PACKAGED).unwrap();
+        let placeholder = text
+            .lines()
+            .find(|l| l.contains("password_hash:"))
+            .unwrap()
+            .to_string();
+        let hash = crate::console::auth::hash_password("correct horse").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let edited = d.path().join("service.yaml");
+        std::fs::write(
+            &edited,
+            text.replace(&placeholder, &format!("      password_hash: \"{hash}\"")),
+        )
+        .unwrap();
+        let c = ServiceConfig::load(&edited).unwrap();
+        assert_eq!(c.data_dir, Path::new("/var/lib/stockade-service"));
+        assert_eq!(
+            c.admin_socket,
+            Path::new("/run/stockade-service/admin.sock")
+        );
     }
 }

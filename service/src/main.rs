@@ -513,7 +513,9 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
             0o644,
         )?;
     }
+    stockade_logging::ready::listening("serving the upload API");
     stockade_proto::serve::serve_tls(listener, tls, api::router(svc.clone()), shutdown).await;
+    stockade_logging::ready::stopping();
     let _ = metrics_task.await;
     let _ = admin_task.await;
     if let Some(t) = console_task {

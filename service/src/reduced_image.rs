@@ -28,7 +28,7 @@ use stockade_proto::wire::{ReducedImageEntry, ReducedImageList};
 const REDUCED: TableDefinition<&str, &[u8]> = TableDefinition::new("reduced_images");
 
 /// `reduced_images:` in the service config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReducedImagesConfig {
     /// The long side of every reduced image, in pixels (claim 6's "lower resolution").

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockConfig {
     /// The name the service records with each password (80): usually this server's address.
@@ -31,7 +31,7 @@ pub struct StockConfig {
     pub push_port: u16,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub cert: PathBuf,
@@ -78,5 +78,25 @@ impl StockConfig {
             });
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACKAGED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/stock/stock.yaml");
+
+    /// The default config the package ships lists every key of `StockConfig`, and loads.
+    #[test]
+    fn the_packaged_default_config_lists_every_key_and_loads() {
+        let text = std::fs::read_to_string(PACKAGED).unwrap();
+        let doc: serde_json::Value =
+            stockade_proto::config::parse_yaml(Path::new(PACKAGED), &text).unwrap();
+        let schema = serde_json::to_value(schemars::schema_for!(StockConfig)).unwrap();
+        let missing = stockade_proto::config::missing_keys(&schema, &doc);
+        assert!(missing.is_empty(), "{PACKAGED} lacks {missing:?}");
+        let c = StockConfig::load(Path::new(PACKAGED)).unwrap();
+        assert_eq!(c.data_dir, Path::new("/var/lib/stockade-stock"));
     }
 }

@@ -108,7 +108,9 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
         stockade_proto::serve::metrics_router(metrics.registry.clone()),
         shutdown.clone(),
     ));
+    stockade_logging::ready::listening("serving the service servers");
     stockade_proto::serve::serve_tls(api_listener, api_tls, api::router(stock), shutdown).await;
+    stockade_logging::ready::stopping();
     let _ = m.await;
     if let Some(p) = &pid_file {
         let _ = std::fs::remove_file(p);

@@ -3,6 +3,7 @@
 //! addresses (127.x.y.z, so clients can each listen on the push port 7137), and stops them all
 //! when dropped, also when a test fails.
 
+pub mod hardening;
 pub mod lab;
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -158,6 +159,9 @@ pub struct Options {
     pub limits_yaml: String,
     /// More top-level sections of the service config (e.g. `console:`).
     pub extra_service_yaml: String,
+    /// Run the service and stock servers as their packaged units would: own users,
+    /// capabilities, NoNewPrivileges and seccomp filter (`hardening`). Needs root.
+    pub restricted: bool,
 }
 
 impl Default for Options {
@@ -170,6 +174,7 @@ impl Default for Options {
             push_port: None,
             limits_yaml: String::new(),
             extra_service_yaml: String::new(),
+            restricted: false,
         }
     }
 }
@@ -187,6 +192,14 @@ pub struct System {
     pub service_port: u16,
     pub service_metrics_port: u16,
     pub admin_socket: PathBuf,
+    /// The packaged units' restrictions, when `Options::restricted`.
+    pub restrictions: Option<Restrictions>,
+}
+
+/// The service's and the stock servers' unit restrictions.
+pub struct Restrictions {
+    pub service: hardening::Restriction,
+    pub stock: hardening::Restriction,
 }
 
 impl System {
@@ -216,7 +229,11 @@ impl System {
             service_port: free_port(),
             service_metrics_port: free_port(),
             admin_socket: root.join("admin.sock"),
+            restrictions: None,
         };
+        if opts.restricted {
+            sys.restrict();
+        }
         if opts.start_clamd {
             sys.start_clamd();
         }
@@ -279,6 +296,51 @@ impl System {
         self.dir.path()
     }
 
+    /// Files owned as on a packaged host: the test directory (config, sockets, the service's
+    /// data) by stockade-service, each private key by the one user that loads it (0600), the
+    /// stock servers' data folders by stockade-stock.
+    fn restrict(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        hardening::ensure_users();
+        let unit = |d| stockade_lab::package::unit(d, "/usr/bin").unwrap();
+        let service = hardening::Restriction::from_unit(
+            &unit(stockade_lab::package::Daemon::Service),
+            self.dir.path(),
+        );
+        let stock = hardening::Restriction::from_unit(
+            &unit(stockade_lab::package::Daemon::Stock),
+            self.dir.path(),
+        );
+        let own = |p: &Path, user: &str, mode: u32| {
+            let (uid, gid) = hardening::ids(user);
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        own(self.root(), &service.user, 0o755);
+        std::fs::set_permissions(&self.pki, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for e in std::fs::read_dir(&self.pki).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        for k in ["service.key", "service-client.key"] {
+            own(&self.pki.join(k), &service.user, 0o600);
+        }
+        own(&self.pki.join("stock.key"), &stock.user, 0o600);
+        self.restrictions = Some(Restrictions { service, stock });
+    }
+
+    /// A daemon's command: plain, or under its unit's restrictions.
+    fn daemon_command(
+        &self,
+        program: &str,
+        restriction: Option<&hardening::Restriction>,
+    ) -> Command {
+        match restriction {
+            Some(r) => r.command(&bin(program)),
+            None => Command::new(bin(program)),
+        }
+    }
+
     pub fn start_clamd(&mut self) {
         let root = self.root().to_path_buf();
         let db = root.join("clamav-db");
@@ -290,7 +352,7 @@ impl System {
         std::fs::write(
             &conf,
             format!(
-                "LocalSocket {}\nForeground yes\nDatabaseDirectory {}\nLogFile {}\nStreamMaxLength 100M\nMaxFileSize 100M\nMaxScanSize 100M\nAlertExceedsMax yes\nBytecode no\n",
+                "LocalSocket {}\nLocalSocketMode 666\nForeground yes\nDatabaseDirectory {}\nLogFile {}\nStreamMaxLength 100M\nMaxFileSize 100M\nMaxScanSize 100M\nAlertExceedsMax yes\nBytecode no\n",
                 self.clamd_socket.display(),
                 db.display(),
                 root.join("clamd.log").display()
@@ -306,7 +368,16 @@ impl System {
 
     pub fn spawn_stock(&self, i: usize) -> Daemon {
         let s = &self.stock_specs[i];
-        let mut cmd = Command::new(bin("stockade-stock"));
+        if let Some(r) = &self.restrictions {
+            let data = self.root().join(format!("{}-data", s.name));
+            std::fs::create_dir_all(&data).unwrap();
+            let (uid, gid) = hardening::ids(&r.stock.user);
+            std::os::unix::fs::chown(&data, Some(uid), Some(gid)).unwrap();
+        }
+        let mut cmd = self.daemon_command(
+            "stockade-stock",
+            self.restrictions.as_ref().map(|r| &r.stock),
+        );
         cmd.args(["run", "--config"])
             .arg(&s.config)
             .env("RUST_LOG", "info");
@@ -320,7 +391,10 @@ impl System {
     }
 
     pub fn spawn_service(&self) -> Daemon {
-        let mut cmd = Command::new(bin("stockade-service"));
+        let mut cmd = self.daemon_command(
+            "stockade-service",
+            self.restrictions.as_ref().map(|r| &r.service),
+        );
         cmd.args(["run", "--config"])
             .arg(&self.service_config)
             .env("RUST_LOG", "info");

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use stockade_proto::reason::Refusal;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
     /// HTTPS address, on the management link only (e.g. 192.0.2.110:8443).
@@ -48,7 +48,7 @@ pub struct ConsoleConfig {
     pub lockout_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Operator {
     pub name: String,
