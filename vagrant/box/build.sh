@@ -45,6 +45,12 @@ box_file="$box_dir/stockade.box"
 # built from other inputs is replaced, together with its base volume in libvirt's pool.
 add_box() {
   local boxes=${VAGRANT_HOME:-$HOME/.vagrant.d}/boxes/${BOX_NAME//\//-VAGRANTSLASH-}
+  # `vagrant box` reads the Vagrantfile of its working directory too, and the project's one
+  # refuses to load before its generated files exist (they come after the box): run these
+  # where there is no Vagrantfile at all.
+  local VAGRANT_CWD
+  VAGRANT_CWD=$(mktemp -d)
+  export VAGRANT_CWD
   if [ "$(cat "$boxes"/0/libvirt/stockade-key 2>/dev/null)" = "$key" ]; then
     say "vagrant: box $BOX_NAME is current ($key)"
     return 0
@@ -58,8 +64,10 @@ add_box() {
       case "$vol" in "${BOX_NAME//\//-VAGRANTSLASH-}"_vagrant_box_image_*) virsh -q vol-delete --pool default "$vol" >/dev/null ;; esac
     done
   fi
-  vagrant box add --name "$BOX_NAME" "$box_file" >/dev/null ||
-    die "vagrant box add $box_file failed"
+  local err
+  err=$(vagrant box add --name "$BOX_NAME" "$box_file" 2>&1 >/dev/null) ||
+    die "vagrant box add $box_file failed: $(tail -n 1 <<<"$err")"
+  rmdir "$VAGRANT_CWD"
   say "vagrant: added box $BOX_NAME ($key)"
 }
 
