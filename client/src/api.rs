@@ -197,14 +197,16 @@ impl Service {
         bytes(send(self.get(&path, None)).await?).await
     }
 
-    /// Fig. 12: have the stock server push a template (no server password; 121's destination rule).
+    /// Fig. 12: have the stock server push a template (the account's server password; 121's
+    /// destination rule).
     pub async fn template_push(
         &self,
         req: &stockade_proto::wire::TemplatePushRequest,
+        password: &str,
     ) -> Result<stockade_proto::wire::TemplatePushResponse> {
         json(
             send(
-                self.post("/v1/templates/push", None)
+                self.post("/v1/templates/push", Some(password))
                     .timeout(CALL_TIMEOUT)
                     .json(req),
             )

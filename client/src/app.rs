@@ -171,6 +171,11 @@ async fn share_serve(
         "shared the account key with client {}",
         granted.requester_fingerprint
     );
+    if !granted.acknowledged {
+        eprintln!(
+            "note: the requester did not confirm it opened the key; it was sent once, to its key only, and no further request is served"
+        );
+    }
     Ok(())
 }
 

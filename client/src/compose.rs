@@ -309,14 +309,18 @@ pub async fn compose(
                 let service = &service;
                 let template_key = &template_key;
                 let name = t.name.clone();
+                let pw = &pw;
                 async move {
                     let listener = listen(dest).await?;
                     let resp = service
-                        .template_push(&TemplatePushRequest {
-                            template: name,
-                            part,
-                            destination: dest,
-                        })
+                        .template_push(
+                            &TemplatePushRequest {
+                                template: name,
+                                part,
+                                destination: dest,
+                            },
+                            pw.as_str(),
+                        )
                         .await?;
                     let expect = expected(&resp.nonce, &resp.stock_public_key, &resp.file_name)?;
                     receive_push(listener, &expect, template_key, &file, timeout).await?;

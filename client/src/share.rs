@@ -199,6 +199,9 @@ impl SessionKeys {
 pub struct Granted {
     pub requester_fingerprint: String,
     pub requester_public_key_pem: String,
+    /// The requester said it opened the key (`done`). Without it the key has still gone out:
+    /// `serve` ends all the same, so the key is never granted twice (issue 16, defect 7).
+    pub acknowledged: bool,
 }
 
 /// A valid request: client 30's public key and PAKE message (151, 152).
@@ -327,14 +330,24 @@ where
         },
     )
     .await?;
-    match recv(s).await? {
-        Msg::Done => Ok(Granted {
-            requester_fingerprint: requester.fingerprint(),
-            requester_public_key_pem: pem,
-        }),
-        Msg::Refused { refusal } => Err(ShareError::Refused(refusal)),
-        other => Err(unexpected(&other)),
-    }
+    // From here the key has gone out (to client 30's key only): whatever comes back, this run
+    // is a grant, and `serve` ends with it.
+    let acknowledged = match recv(s).await {
+        Ok(Msg::Done) => true,
+        Ok(other) => {
+            tracing::warn!(error = %unexpected(&other), "the requester did not confirm the grant");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the requester did not confirm the grant");
+            false
+        }
+    };
+    Ok(Granted {
+        requester_fingerprint: requester.fingerprint(),
+        requester_public_key_pem: pem,
+        acknowledged,
+    })
 }
 
 fn unexpected(m: &Msg) -> ShareError {
@@ -350,7 +363,8 @@ fn unexpected(m: &Msg) -> ShareError {
     ShareError::Protocol(format!("unexpected {kind} message"))
 }
 
-/// Client 1: `share serve`. Handles one requester at a time; returns after one success, or
+/// Client 1: `share serve`. Handles one requester at a time; returns after one grant (the key
+/// sent, acknowledged or not), or
 /// fails after `max_attempts` failed exchanges (each PAKE run allows one online guess).
 /// Connections that never make a valid request (port probes, garbage) are dropped without
 /// counting: they made no guess.
@@ -601,6 +615,36 @@ mod tests {
         assert!(h.await.unwrap().is_ok());
     }
 
+    /// Issue 16, defect 7 (144–146): a requester that gets the grant and then does not confirm
+    /// it still ends `serve`: the key is never granted a second time.
+    #[tokio::test]
+    async fn an_unconfirmed_grant_still_ends_serve() {
+        let (upstream, h) = holder(3).await;
+        let (addr, _) = relay(
+            upstream,
+            Box::new(|to_holder, v| {
+                if to_holder && v["type"] == "done" {
+                    *v = serde_json::json!({"type": "proof", "confirm": "AAAA"});
+                }
+            }),
+        )
+        .await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(
+            *request(&mut c, PW, key_b()).await.unwrap().account_key,
+            ACCOUNT_KEY
+        );
+        let g = tokio::time::timeout(Duration::from_secs(10), h)
+            .await
+            .expect("serve ended after the grant")
+            .unwrap()
+            .unwrap();
+        assert!(!g.acknowledged);
+        assert_eq!(g.requester_fingerprint, key_b().public().fingerprint());
+        // Nobody is listening for a second grant.
+        assert!(TcpStream::connect(upstream).await.is_err());
+    }
+
     #[tokio::test]
     async fn serve_counts_a_failure_then_still_serves_the_right_password() {
         let (addr, h) = holder(3).await;
@@ -764,10 +808,17 @@ mod tests {
                 got.is_err(),
                 "{what}: client 30 accepted a tampered exchange"
             );
-            assert!(
-                h.await.unwrap().is_err(),
-                "{what}: client 1 counted a tampered exchange as success"
-            );
+            // Before a grant, client 1 counts a failure; once the grant has gone out (sealed to
+            // client 30's confirmed key) the run ends as a grant that was never acknowledged:
+            // `share serve` grants once (issue 16, defect 7).
+            let granted = seen.lock().unwrap().iter().any(|v| v["type"] == "grant");
+            match h.await.unwrap() {
+                Ok(g) => assert!(
+                    granted && !g.acknowledged,
+                    "{what}: client 1 counted a tampered exchange as an acknowledged grant"
+                ),
+                Err(_) => assert!(!granted, "{what}: a grant went out and serve went on"),
+            }
             // If a grant crossed, the relay holds only ciphertext for client 30's key.
             for v in seen.lock().unwrap().iter().filter(|v| v["type"] == "grant") {
                 let sealed = data_encoding::BASE64

@@ -11,13 +11,34 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and its missing parents, each one made durable in its parent (fsync of the
+/// parent after the mkdir) before anything is put in it: a file renamed into a directory that a
+/// power loss forgets is lost with it.
+pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    create_dir_durable(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        // Made meanwhile by someone else, who may not have synced it yet: sync it here too.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(e),
+    }
+    sync_dir(parent)
+}
+
 /// Atomically replaces `path` with `bytes`, created with permission `mode` (e.g. 0o600 for keys).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    create_dir_durable(dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))

@@ -7,6 +7,7 @@
 pub mod chunked;
 pub mod config;
 pub mod envelope;
+pub mod fairshare;
 pub mod fsutil;
 pub mod hashio;
 pub mod identity;

@@ -33,6 +33,12 @@ pub enum Refusal {
     /// 92: the content (sniffed, never the file name) is a type the review does not take;
     /// detail: the detected type, e.g. `svg`.
     Unsupported(String),
+    /// A file of that name is in the account already, and only the account owner's signed
+    /// upload may replace it (a share holder's password is not enough).
+    Exists(String),
+    /// Too much at once: pushes to this address, or the stock server's push queue, are full
+    /// (issue 16, defect 2). Try again when the running ones have finished.
+    Busy(String),
 }
 
 impl Refusal {
@@ -51,6 +57,8 @@ impl Refusal {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::StockUnavailable(_) => "stock_unavailable",
             Refusal::Unsupported(_) => "unsupported",
+            Refusal::Exists(_) => "exists",
+            Refusal::Busy(_) => "busy",
         }
     }
 
@@ -67,7 +75,9 @@ impl Refusal {
             | Refusal::NotFound(d)
             | Refusal::BadRequest(d)
             | Refusal::StockUnavailable(d)
-            | Refusal::Unsupported(d) => d,
+            | Refusal::Unsupported(d)
+            | Refusal::Exists(d)
+            | Refusal::Busy(d) => d,
         }
     }
 }

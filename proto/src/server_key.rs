@@ -2,7 +2,7 @@
 //! Servers never use RSA private keys (see `identity`).
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +51,12 @@ impl ServerSigningKey {
     }
 }
 
-/// Verifies an Ed25519 signature made by a server.
+/// Verifies an Ed25519 signature made by a server. Strictly (issue 16, defect 8): weak
+/// (small-order) keys and non-canonical signatures, which plain `verify` lets a forger use
+/// to make one signature fit many messages, are refused.
 pub fn verify(public: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> Result<(), ServerKeyError> {
     let vk = VerifyingKey::from_bytes(public).map_err(|_| ServerKeyError::BadPublicKey)?;
-    vk.verify(msg, &ed25519_dalek::Signature::from_bytes(sig))
+    vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(sig))
         .map_err(|_| ServerKeyError::BadSignature)
 }
 
@@ -72,5 +74,18 @@ mod tests {
         let sig = a.sign(b"hdr");
         verify(&b.public(), b"hdr", &sig).unwrap();
         assert!(verify(&b.public(), b"hdr2", &sig).is_err());
+    }
+
+    /// Issue 16, defect 8: the identity point as the key and (R = identity, s = 0) as the
+    /// signature satisfy the plain equation for every message; strict verification refuses.
+    #[test]
+    fn small_order_key_signs_nothing() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&identity);
+        for msg in [&b"push header"[..], b"any other"] {
+            assert!(verify(&identity, msg, &sig).is_err());
+        }
     }
 }

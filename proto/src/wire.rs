@@ -20,7 +20,8 @@
 //! Service → stock (mutual TLS, service certificates only):
 //! - `GET  /v1/identity` → [`StockIdentity`]
 //! - `POST /v1/accounts` [`CreateAccountRequest`] → [`CreateAccountResponse`] (85–87)
-//! - `PUT  /v1/accounts/{database_key}/objects/{name}` body: the image → [`StoredObject`] (78, 85, 86, 112, 115)
+//! - `PUT  /v1/accounts/{database_key}/objects/{name}` headers [`UPLOAD_ID_HEADER`], [`REPLACE_HEADER`],
+//!   body: the image → [`StoredObject`] (78, 85, 86, 112, 115); an existing name → 409 `exists`
 //! - `POST /v1/accounts/{database_key}/push` [`PushRequest`] → 202 (135, 137)
 //! - `GET  /v1/accounts/{database_key}/objects` → [`FileList`]
 //! - `DELETE /v1/accounts/{database_key}/objects/{name}` → 204
@@ -30,6 +31,14 @@ use crate::reason::Refusal;
 /// The upload's ticket travels in this header as well as inside the signed manifest, so the
 /// service refuses an upload without a valid ticket before reading its body.
 pub const TICKET_HEADER: &str = "x-stockade-ticket";
+
+/// Service → stock store: the upload (or template) this object comes from. A store that repeats
+/// the upload id of the object already under that name is a retry, not an overwrite.
+pub const UPLOAD_ID_HEADER: &str = "x-stockade-upload-id";
+
+/// Service → stock store: present (`owner`) only when the account owner signed this upload, the
+/// one case in which an existing name may be replaced. Without it the stock server answers 409.
+pub const REPLACE_HEADER: &str = "x-stockade-replace";
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 

@@ -110,8 +110,12 @@ pub async fn handle(svc: &Arc<Service>, req: AdminRequest) -> AdminResponse {
         AdminRequest::Approve { id, operator } => match svc.db.upload(&id) {
             Ok(Some(u)) if u.stage == Stage::AwaitingOperator => {
                 tracing::info!(upload = %id, %operator, "operator approved (93 yes)");
-                review::approve(svc.clone(), id.clone(), operator).await;
-                AdminResponse::ok(svc.db.upload(&id).ok().flatten().into_iter().collect())
+                match review::approve(svc.clone(), id.clone(), operator).await {
+                    Ok(()) => {
+                        AdminResponse::ok(svc.db.upload(&id).ok().flatten().into_iter().collect())
+                    }
+                    Err(e) => AdminResponse::err(e.to_string()),
+                }
             }
             Ok(Some(u)) => AdminResponse::err(format!(
                 "upload {id} is not awaiting review (stage: {:?})",
@@ -132,8 +136,12 @@ pub async fn handle(svc: &Arc<Service>, req: AdminRequest) -> AdminResponse {
                 Ok(Some(mut u)) if u.stage == Stage::AwaitingOperator => {
                     tracing::info!(upload = %id, %operator, "operator rejected (93 no)");
                     u.operator = Some(operator);
-                    review::refuse(svc, u, "ethics", Refusal::Ethics(reason)).await;
-                    AdminResponse::ok(svc.db.upload(&id).ok().flatten().into_iter().collect())
+                    match review::refuse(svc, u, "ethics", Refusal::Ethics(reason)).await {
+                        Ok(()) => AdminResponse::ok(
+                            svc.db.upload(&id).ok().flatten().into_iter().collect(),
+                        ),
+                        Err(e) => AdminResponse::err(e.to_string()),
+                    }
                 }
                 Ok(Some(u)) => AdminResponse::err(format!(
                     "upload {id} is not awaiting review (stage: {:?})",
@@ -152,7 +160,10 @@ pub async fn serve(svc: Arc<Service>, path: &Path) -> std::io::Result<()> {
         std::fs::remove_file(path)?;
     }
     let listener = tokio::net::UnixListener::bind(path)?;
+    // Between bind and chmod the socket has umask permissions: the peer check below closes
+    // that window (issue 16, defect 8), as the gateway's control socket does.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path)?);
     let mut stop = svc.shutdown.clone();
     loop {
         let (stream, _) = tokio::select! {
@@ -161,10 +172,20 @@ pub async fn serve(svc: Arc<Service>, path: &Path) -> std::io::Result<()> {
         };
         let svc = svc.clone();
         tokio::spawn(async move {
+            let peer = stream.peer_cred().map(|c| c.uid());
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
             let mut r = BufReader::new(r.take(MAX_LINE as u64));
-            let resp = match r.read_line(&mut line).await {
+            let read = r.read_line(&mut line).await;
+            // The request is read (bounded) first, so the refusal reaches the peer.
+            let allowed = matches!(peer, Ok(uid) if uid == 0 || uid == owner);
+            let resp = match read {
+                _ if !allowed => {
+                    tracing::warn!(peer = ?peer, "admin socket: refused a peer that is neither root nor the service's user");
+                    AdminResponse::err(
+                        "the admin socket answers root and the service's own user only",
+                    )
+                }
                 Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
                     Ok(req) => handle(&svc, req).await,
                     Err(e) => AdminResponse::err(format!("bad request: {e}")),

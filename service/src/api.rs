@@ -66,7 +66,10 @@ fn bearer(headers: &HeaderMap) -> Res<&str> {
         })
 }
 
-fn check_password(svc: &Service, headers: &HeaderMap) -> Res<(String, crate::db::PasswordRecord)> {
+pub(crate) fn check_password(
+    svc: &Service,
+    headers: &HeaderMap,
+) -> Res<(String, crate::db::PasswordRecord)> {
     password::check(svc, bearer(headers)?).map_err(|r| refused(StatusCode::UNAUTHORIZED, r))
 }
 
@@ -81,11 +84,18 @@ async fn info(State(svc): State<Arc<Service>>) -> Json<ServiceInfo> {
 /// 61 → 71: keep the client's public key.
 async fn register(
     State(svc): State<Arc<Service>>,
+    Extension(PeerAddr(peer)): Extension<PeerAddr>,
     Json(req): Json<RegisterRequest>,
 ) -> Res<Json<RegisterResponse>> {
     let key = ClientPublicKey::from_pem(&req.public_key_pem)
         .map_err(|e| ApiError::bad_request(format!("public key: {e}")))?;
     let client_id = key.fingerprint();
+    // Issue 16, defect 3: new keys per source and hour are capped (registering again is free).
+    if svc.db.client(&client_id).map_err(db_err)?.is_none() {
+        svc.fair
+            .register(peer.ip())
+            .map_err(|r| refused(StatusCode::TOO_MANY_REQUESTS, r))?;
+    }
     svc.db
         .put_client(&client_id, &key.to_pem())
         .map_err(db_err)?;
@@ -106,7 +116,13 @@ async fn upload_instruction(
         ));
     }
     let password_id = if headers.contains_key(axum::http::header::AUTHORIZATION) {
-        Some(check_password(&svc, &headers)?.0)
+        let (id, acct) = check_password(&svc, &headers)?;
+        // Issue 16, defect 1: the upload is signed by `client_id`'s key (checked when it
+        // arrives), so this is what stops a share holder from adding or replacing files.
+        if acct.owner != req.client_id {
+            return Err(refused(StatusCode::FORBIDDEN, password::not_owner_upload()));
+        }
+        Some(id)
     } else {
         None
     };
@@ -144,6 +160,7 @@ impl Drop for PartGuard {
 /// 63 / 105 → 93 / 110 (open and verify) → 74 (quarantine).
 async fn upload(
     State(svc): State<Arc<Service>>,
+    Extension(PeerAddr(peer)): Extension<PeerAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Res<(StatusCode, Json<UploadAccepted>)> {
@@ -176,6 +193,16 @@ async fn upload(
     if ticket.expires_at < now_secs() {
         return Err(bad_ticket());
     }
+    // Issue 16, defect 3: this source's share of the review queue (and of first uploads).
+    let places = svc
+        .fair
+        .reserve_upload(peer.ip(), ticket.password_id.is_none())
+        .map_err(|r| {
+            svc.metrics.uploads.with_label_values(&["busy"]).inc();
+            refused(StatusCode::TOO_MANY_REQUESTS, r)
+        })?;
+    // Issue 16, defect 3: a body trickled to hold the connection is cut off.
+    let body = stockade_proto::serve::paced(body, svc.config.fair_share.body_rate());
     let id = random_hex(16);
     let dir = svc.quarantine_dir();
     let part = dir.join(format!(".part-{id}"));
@@ -245,8 +272,14 @@ async fn upload(
         operator: None,
         disarmed: None,
         private_thumbnail: ticket.private_thumbnail,
+        source: Some(peer.ip().to_canonical().to_string()),
     };
-    svc.db.put_upload(&rec).map_err(db_err)?;
+    svc.fair.hold(&id, places);
+    if let Err(e) = svc.db.put_upload(&rec) {
+        // Issue 16, defect 8: no record, so no file either (the start-up sweep is the backstop).
+        svc.erase_quarantined(&id);
+        return Err(db_err(e));
+    }
     svc.metrics.upload_bytes.inc_by(rec.size);
     svc.refresh_quarantine_gauge();
     tracing::info!(upload = %id, size = rec.size, "upload quarantined for review (74)");
@@ -316,6 +349,9 @@ async fn download(
     let stock_err = |e: crate::stock_client::StockError| match e {
         crate::stock_client::StockError::Refused(_, r @ Refusal::NotFound(_)) => {
             refused(StatusCode::NOT_FOUND, r)
+        }
+        crate::stock_client::StockError::Refused(_, r @ Refusal::Busy(_)) => {
+            refused(StatusCode::TOO_MANY_REQUESTS, r)
         }
         e => refused(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -394,11 +430,14 @@ fn check_owner(
         .map_err(|_| deny("owner signature does not verify"))?;
     key.verify(&req.signing_bytes(), &sig)
         .map_err(|_| deny("owner signature does not verify"))?;
-    let mut seen = svc.owner_nonces.lock().expect("not poisoned");
-    seen.retain(|_, exp| *exp >= now);
-    if seen
-        .insert(req.nonce.clone(), now + 2 * OWNER_WINDOW_SECS)
-        .is_some()
+    // Kept in the database (issue 16, defect 8): a restart does not reopen the window.
+    if req.nonce.is_empty() || req.nonce.len() > 128 {
+        return Err(ApiError::bad_request("nonce must be 1 to 128 characters"));
+    }
+    if !svc
+        .db
+        .claim_nonce(&req.nonce, now + 2 * OWNER_WINDOW_SECS)
+        .map_err(db_err)?
     {
         return Err(deny("request replayed"));
     }
@@ -434,14 +473,17 @@ async fn delete(
     match deleted {
         Ok(()) => {
             tracing::info!("file deleted by its owner");
-            svc.audit.record(crate::audit::Event {
+            // The deletion is done; a trail that cannot be written is reported, loudly.
+            if let Err(e) = svc.audit.append(crate::audit::Event {
                 event: "deleted",
                 account: acct.owner.clone(),
                 file_name: Some(name.clone()),
                 operator: Some(format!("owner {}", req.client_id)),
                 reason: Some("deleted by the account owner".into()),
                 ..Default::default()
-            });
+            }) {
+                tracing::error!(error = %e, "the deletion is not in the audit trail");
+            }
             Ok(StatusCode::NO_CONTENT)
         }
         Err(crate::stock_client::StockError::Refused(_, r @ Refusal::NotFound(_))) => {

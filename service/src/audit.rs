@@ -88,6 +88,9 @@ struct Head {
     file: std::fs::File,
     seq: u64,
     hash: String,
+    /// Length of the file up to the last whole, synced line: what a failed append is cut
+    /// back to, so a half-written line (disk full) never stays in the chain.
+    len: u64,
 }
 
 pub struct AuditLog {
@@ -132,6 +135,11 @@ fn check_line(
         return Err(broken("not an audit entry (no hash at the end)".into()));
     }
     let split = text.len() - HASH_SUFFIX_LEN;
+    // Issue 16, defect 5: a line edited to put a multi-byte character here must be named as
+    // broken, not panic (a panic here poisoned the log's lock for every later decision).
+    if !text.is_char_boundary(split) {
+        return Err(broken("not an audit entry (no hash at the end)".into()));
+    }
     let (body, tail) = text.split_at(split);
     let hash = tail
         .strip_prefix(r#","hash":""#)
@@ -223,13 +231,27 @@ impl AuditLog {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
         if let Some(dir) = path.parent() {
             let _ = stockade_proto::fsutil::sync_dir(dir);
         }
         Ok(Self {
             path: path.to_path_buf(),
-            head: Mutex::new(Head { file, seq, hash }),
+            head: Mutex::new(Head {
+                file,
+                seq,
+                hash,
+                len,
+            }),
         })
+    }
+
+    /// The head. Nothing panics while holding it, and it changes only after a line is whole
+    /// and synced, so even a poisoned lock holds a consistent head.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Head> {
+        self.head
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn path(&self) -> &Path {
@@ -238,13 +260,15 @@ impl AuditLog {
 
     /// (entries, head hash).
     pub fn head(&self) -> (u64, String) {
-        let h = self.head.lock().expect("not poisoned");
+        let h = self.lock();
         (h.seq, h.hash.clone())
     }
 
-    /// Appends one event and fsyncs it; returns the entry as written.
+    /// Appends one event and fsyncs it; returns the entry as written. On an error nothing of
+    /// the line stays: the file is cut back to its last whole line (now, or before the next
+    /// append if the cut fails too), and the caller must not take the decision.
     pub fn append(&self, ev: Event) -> Result<Entry, AuditError> {
-        let mut h = self.head.lock().expect("not poisoned");
+        let mut h = self.lock();
         let ts = crate::now_secs();
         let entry = Entry {
             seq: h.seq + 1,
@@ -271,23 +295,29 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        h.file.write_all(line.as_bytes()).map_err(io)?;
-        h.file.sync_data().map_err(io)?;
+        // A torn line left by an earlier failure whose cut failed too.
+        if h.file.metadata().map_err(io)?.len() != h.len {
+            h.file.set_len(h.len).map_err(io)?;
+        }
+        let written = h
+            .file
+            .write_all(line.as_bytes())
+            .and_then(|()| h.file.sync_data());
+        if let Err(e) = written {
+            if let Err(cut) = h.file.set_len(h.len).and_then(|()| h.file.sync_data()) {
+                tracing::error!(error = %cut, "cutting a failed audit line back; retried before the next append");
+            }
+            return Err(io(e));
+        }
         h.seq = entry.seq;
         h.hash = hash;
+        h.len += line.len() as u64;
         Ok(entry)
-    }
-
-    /// Appends, logging (never panicking) if the disk refuses: the decision itself stands.
-    pub fn record(&self, ev: Event) {
-        if let Err(e) = self.append(ev) {
-            tracing::error!(error = %e, "writing the audit trail");
-        }
     }
 
     /// The last `n` entries, newest first (for the console's history page).
     pub fn recent(&self, n: usize) -> Result<Vec<Entry>, AuditError> {
-        let _h = self.head.lock().expect("not poisoned");
+        let _h = self.lock();
         let mut v: Vec<Entry> = verify(&self.path)?.into_iter().map(|l| l.entry).collect();
         let skip = v.len().saturating_sub(n);
         let mut v = v.split_off(skip);
@@ -408,6 +438,79 @@ mod tests {
         let log = AuditLog::open(&p).unwrap();
         log.append(ev(1)).unwrap();
         assert_eq!(verify(&p).unwrap().len(), 2);
+    }
+
+    /// Issue 16, defect 5: a multi-byte character where the hash should start is a broken line,
+    /// named, not a panic (which poisoned the lock: every later decision panicked too).
+    #[test]
+    fn multibyte_character_at_the_hash_is_named_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.jsonl");
+        let log = AuditLog::open(&p).unwrap();
+        log.append(ev(0)).unwrap();
+        let mut l = lines(&p);
+        // "é" (2 bytes) straddling the split point: the line keeps its length minus one byte.
+        let split = l[0].len() - HASH_SUFFIX_LEN;
+        l[0].replace_range(split - 1..split + 1, "é");
+        write_lines(&p, &l);
+        let e = verify(&p).unwrap_err();
+        assert!(matches!(e, AuditError::Broken { line: 1, .. }), "{e}");
+        let e = log.recent(5).unwrap_err();
+        assert!(matches!(e, AuditError::Broken { line: 1, .. }), "{e}");
+        // The log still answers afterwards.
+        assert_eq!(log.head().0, 1);
+    }
+
+    /// Issue 16, defect 5: a disk that fills in the middle of a line. Run in a child process
+    /// whose file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) stops the write part-way: the
+    /// append fails, the half-line is cut, and the chain still verifies and extends.
+    #[test]
+    fn a_half_written_line_does_not_break_the_chain() {
+        const CHILD: &str = "STOCKADE_AUDIT_FSIZE_CHILD";
+        let name = "audit::tests::a_half_written_line_does_not_break_the_chain";
+        if let Some(p) = std::env::var_os(CHILD) {
+            let p = PathBuf::from(p);
+            let log = AuditLog::open(&p).unwrap();
+            let mut failed = false;
+            for i in 1..100 {
+                if log.append(ev(i)).is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            assert!(failed, "the size limit never stopped an append");
+            let bytes = std::fs::read(&p).unwrap();
+            assert!(bytes.ends_with(b"\n"), "a half-written line was left");
+            assert_eq!(verify(&p).unwrap().len() as u64, log.head().0);
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.jsonl");
+        AuditLog::open(&p).unwrap().append(ev(0)).unwrap();
+        // Room for a few more lines, and then a limit inside one.
+        let limit = std::fs::metadata(&p).unwrap().len() * 4 + 100;
+        let out = std::process::Command::new("sh")
+            .args(["-c", "trap '' XFSZ; exec prlimit --fsize=\"$0\" -- \"$@\""])
+            .arg(limit.to_string())
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads", "1", "--nocapture"])
+            .env(CHILD, &p)
+            .output()
+            .expect("sh and prlimit (util-linux)");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "the child ran the test"
+        );
+        let log = AuditLog::open(&p).unwrap();
+        let before = log.head().0;
+        log.append(ev(100)).unwrap();
+        assert_eq!(verify(&p).unwrap().len() as u64, before + 1);
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct ServiceConfig {
     pub review: Review,
     #[serde(default)]
     pub limits: Limits,
+    /// What one source (an IPv4 address, an IPv6 /64) may hold of the public API (issue 16).
+    #[serde(default)]
+    pub fair_share: FairShare,
     /// Seconds an upload instruction (ticket) stays valid.
     #[serde(default = "default_ticket_ttl")]
     pub ticket_ttl_secs: u64,
@@ -111,6 +114,103 @@ pub struct Limits {
     /// `review_concurrency` decodes at the limits fits under it (see `worst_case_memory`).
     #[serde(default = "default_memory_ceiling")]
     pub memory_ceiling_bytes: u64,
+}
+
+/// Caps per source and timeouts on the public API (issue 16, defect 3). Registration is free,
+/// so per-key and per-account caps bound nothing; these count by network source instead. Many
+/// clients behind one NAT address share one source's caps.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FairShare {
+    /// Connections open at once, in all.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one source.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// A request's head must arrive within this many seconds (also the keep-alive idle time).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// An upload body may pause at most this long between pieces.
+    #[serde(default = "default_body_idle")]
+    pub body_idle_secs: u64,
+    /// After `body_grace_secs`, an upload body must average at least this rate (bytes/s).
+    #[serde(default = "default_body_min_rate")]
+    pub body_min_bytes_per_sec: u64,
+    #[serde(default = "default_body_grace")]
+    pub body_grace_secs: u64,
+    /// Registrations (61, 71) one source may make per hour.
+    #[serde(default = "default_registrations_per_hour")]
+    pub registrations_per_source_per_hour: u32,
+    /// Uploads from one source waiting in quarantine at once (74).
+    #[serde(default = "default_queued_per_source")]
+    pub queued_uploads_per_source: usize,
+    /// First uploads (no account yet) waiting in quarantine at once, from all sources: the
+    /// rest of `review_queue_max` stays for account holders.
+    #[serde(default = "default_first_uploads_queue_max")]
+    pub first_uploads_queue_max: usize,
+}
+
+impl Default for FairShare {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
+            header_timeout_secs: default_header_timeout(),
+            body_idle_secs: default_body_idle(),
+            body_min_bytes_per_sec: default_body_min_rate(),
+            body_grace_secs: default_body_grace(),
+            registrations_per_source_per_hour: default_registrations_per_hour(),
+            queued_uploads_per_source: default_queued_per_source(),
+            first_uploads_queue_max: default_first_uploads_queue_max(),
+        }
+    }
+}
+
+impl FairShare {
+    pub fn conn_limits(&self) -> stockade_proto::serve::ConnLimits {
+        stockade_proto::serve::ConnLimits {
+            max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+        }
+    }
+
+    pub fn body_rate(&self) -> stockade_proto::serve::MinRate {
+        stockade_proto::serve::MinRate {
+            idle: std::time::Duration::from_secs(self.body_idle_secs),
+            grace: std::time::Duration::from_secs(self.body_grace_secs),
+            bytes_per_sec: self.body_min_bytes_per_sec,
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_connections_per_source() -> usize {
+    32
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_body_idle() -> u64 {
+    30
+}
+fn default_body_min_rate() -> u64 {
+    16 * 1024
+}
+fn default_body_grace() -> u64 {
+    30
+}
+fn default_registrations_per_hour() -> u32 {
+    20
+}
+fn default_queued_per_source() -> usize {
+    8
+}
+fn default_first_uploads_queue_max() -> usize {
+    128
 }
 
 /// The service's own footprint besides decoding: runtime, TLS, database cache, upload streams.

@@ -2,7 +2,7 @@
 //! records (80), upload tickets (72, 109) and the quarantine queue (74). Every commit is durable
 //! when it returns.
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::path::Path;
 use stockade_proto::reason::Refusal;
@@ -11,6 +11,9 @@ const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 const PASSWORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("passwords");
 const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
 const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+/// Owner-request nonces seen, with when they may be forgotten (seconds since the epoch): kept
+/// on disk, so a signed delete or rotate cannot be replayed after a restart.
+const OWNER_NONCES: TableDefinition<&str, u64> = TableDefinition::new("owner_nonces");
 
 #[derive(Debug, thiserror::Error)]
 #[error("database: {0}")]
@@ -94,6 +97,9 @@ pub struct UploadRecord {
     /// Claim 6: the reduced image is visible only with the account's server password.
     #[serde(default)]
     pub private_thumbnail: bool,
+    /// The address the upload came from: its fair share of the queue (issue 16, defect 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// The disarmed image that replaced the upload in quarantine (and goes to the stock server, 78).
@@ -195,6 +201,7 @@ impl Db {
         for t in [CLIENTS, PASSWORDS, TICKETS, UPLOADS] {
             w.open_table(t)?;
         }
+        w.open_table(OWNER_NONCES)?;
         w.commit()?;
         Ok(Self { db })
     }
@@ -276,6 +283,35 @@ impl Db {
         Ok(n)
     }
 
+    /// Records an owner-request nonce until `forget_at`, durably, in the same transaction as
+    /// the check that it is new. Returns false for a nonce already seen (a replay).
+    pub fn claim_nonce(&self, nonce: &str, forget_at: u64) -> Result<bool, DbError> {
+        let w = self.db.begin_write()?;
+        let fresh = {
+            let mut t = w.open_table(OWNER_NONCES)?;
+            let seen = t.get(nonce)?.is_some();
+            if !seen {
+                t.insert(nonce, forget_at)?;
+            }
+            !seen
+        };
+        w.commit()?;
+        Ok(fresh)
+    }
+
+    /// Forgets nonces whose requests are outside the freshness window anyway.
+    pub fn expire_nonces(&self, now: u64) -> Result<usize, DbError> {
+        let w = self.db.begin_write()?;
+        let n = {
+            let mut t = w.open_table(OWNER_NONCES)?;
+            let before = t.len()?;
+            t.retain(|_, forget_at| forget_at >= now)?;
+            (before - t.len()?) as usize
+        };
+        w.commit()?;
+        Ok(n)
+    }
+
     pub fn put_upload(&self, rec: &UploadRecord) -> Result<(), DbError> {
         put(&self.db, UPLOADS, &rec.id, rec)
     }
@@ -292,6 +328,26 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16, defect 8: an owner request's nonce is remembered across a restart (reopen),
+    /// until it is outside the freshness window anyway.
+    #[test]
+    fn owner_nonces_survive_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        let db = Db::open(&p).unwrap();
+        assert!(db.claim_nonce("n1", 100).unwrap());
+        assert!(!db.claim_nonce("n1", 100).unwrap(), "a replay");
+        drop(db);
+        let db = Db::open(&p).unwrap();
+        assert!(
+            !db.claim_nonce("n1", 100).unwrap(),
+            "a replay after a restart"
+        );
+        assert!(db.claim_nonce("n2", 300).unwrap());
+        assert_eq!(db.expire_nonces(200).unwrap(), 1);
+        assert!(!db.claim_nonce("n2", 300).unwrap());
+    }
 
     #[test]
     fn tickets_are_single_use() {

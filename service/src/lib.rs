@@ -12,6 +12,7 @@ pub mod audit;
 pub mod config;
 pub mod console;
 pub mod db;
+pub mod fair_share;
 pub mod metrics;
 pub mod password;
 pub mod reduced_image;
@@ -20,7 +21,6 @@ pub mod stock_client;
 pub mod templates;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use zeroize::Zeroizing;
 
 pub fn now_secs() -> u64 {
@@ -39,11 +39,11 @@ pub struct Service {
     pub stock: stock_client::StockClients,
     pub metrics: metrics::Metrics,
     pub review_slots: tokio::sync::Semaphore,
-    /// Owner-request nonces seen within the replay window (nonce → expiry).
-    pub owner_nonces: Mutex<std::collections::HashMap<String, u64>>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The hash-chained audit trail of the review desk.
     pub audit: audit::AuditLog,
+    /// Registrations and queued uploads per source (issue 16, defect 3).
+    pub fair: fair_share::FairShares,
 }
 
 impl Service {
@@ -65,6 +65,33 @@ impl Service {
         self.quarantine_dir().join(format!(".part-disarm-{id}"))
     }
 
+    /// Removes quarantine files that no upload record names (issue 16, defect 8): left by a
+    /// crash, or by a record write that failed after the file was renamed in. Temp files
+    /// (`.part-*`) go too. Returns how many were removed.
+    pub fn sweep_quarantine(
+        &self,
+        known: &std::collections::HashSet<String>,
+    ) -> std::io::Result<usize> {
+        let dir = self.quarantine_dir();
+        let mut removed = 0;
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name
+                .strip_prefix(".preview-")
+                .and_then(|n| n.strip_suffix(".png"))
+                .unwrap_or(&name);
+            if name.starts_with(".part-") || !known.contains(id) {
+                std::fs::remove_file(e.path())?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            stockade_proto::fsutil::sync_dir(&dir)?;
+        }
+        Ok(removed)
+    }
+
     /// 76 / 78: erase a quarantined upload, durably.
     pub fn erase_quarantined(&self, id: &str) {
         if let Err(e) = stockade_proto::fsutil::remove_durable(&self.quarantine_path(id)) {
@@ -73,6 +100,7 @@ impl Service {
         for p in [self.preview_path(id), self.disarm_part_path(id)] {
             let _ = std::fs::remove_file(p);
         }
+        self.fair.release(id);
         self.refresh_quarantine_gauge();
     }
 

@@ -457,6 +457,7 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
         }
         None => None,
     };
+    let fair_share = config.fair_share.clone();
     let svc = Arc::new(Service {
         config,
         db,
@@ -465,9 +466,9 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
         stock,
         metrics: metrics.clone(),
         review_slots,
-        owner_nonces: Default::default(),
         shutdown: shutdown.clone(),
         audit,
+        fair: stockade_service::fair_share::FairShares::new(&fair_share),
     });
     recover(&svc)?;
     // clamd health for the metric; the review itself never trusts this and fails closed.
@@ -478,6 +479,7 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
             let up = review::virus::ping(&addr, std::time::Duration::from_secs(3)).await;
             s2.metrics.clamd_up.set(i64::from(up));
             let _ = s2.db.expire_tickets(stockade_service::now_secs());
+            let _ = s2.db.expire_nonces(stockade_service::now_secs());
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         }
     });
@@ -495,14 +497,22 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
             .with_graceful_shutdown(async move { stockade_proto::serve::stopped(&mut stop).await })
             .await;
     });
-    let console_task = console.map(|(l, tls, cfg)| {
+    let console = match console {
+        Some((l, tls, cfg)) => {
+            let router = stockade_service::console::router(svc.clone(), cfg.clone())
+                .context("the console's lockout records")?;
+            Some((l, tls, cfg, router))
+        }
+        None => None,
+    };
+    let console_task = console.map(|(l, tls, cfg, router)| {
         tracing::info!(console = %cfg.listen, "operator console listening (HTTPS)");
-        let router = stockade_service::console::router(svc.clone(), cfg);
         tokio::spawn(stockade_proto::serve::serve_tls(
             l,
             tls,
             router,
             shutdown.clone(),
+            stockade_proto::serve::ConnLimits::default(),
         ))
     });
     tracing::info!(api = %svc.config.listen, metrics = %svc.config.metrics_listen, admin = %svc.config.admin_socket.display(), "service listening");
@@ -514,7 +524,9 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
         )?;
     }
     stockade_logging::ready::listening("serving the upload API");
-    stockade_proto::serve::serve_tls(listener, tls, api::router(svc.clone()), shutdown).await;
+    let limits = svc.config.fair_share.conn_limits();
+    stockade_proto::serve::serve_tls(listener, tls, api::router(svc.clone()), shutdown, limits)
+        .await;
     stockade_logging::ready::stopping();
     let _ = metrics_task.await;
     let _ = admin_task.await;
@@ -529,17 +541,30 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
 
 /// After a restart: resume reviews and deliveries, erase what a crash left behind.
 fn recover(svc: &Arc<Service>) -> anyhow::Result<()> {
-    for e in std::fs::read_dir(svc.quarantine_dir())? {
-        let e = e?;
-        if e.file_name().to_string_lossy().starts_with(".part-") {
-            std::fs::remove_file(e.path())?;
-        }
+    let uploads = svc.db.uploads()?;
+    let known = uploads.iter().map(|u| u.id.clone()).collect();
+    let swept = svc
+        .sweep_quarantine(&known)
+        .with_context(|| format!("sweeping {}", svc.quarantine_dir().display()))?;
+    if swept > 0 {
+        tracing::warn!(
+            files = swept,
+            "removed quarantine files no upload record names"
+        );
     }
     // What a crash of `template add` left in its review directory.
     let dir = stockade_service::templates::review_dir(svc);
     stockade_service::templates::sweep_review_dir(&dir)
         .with_context(|| format!("sweeping {}", dir.display()))?;
-    for u in svc.db.uploads()? {
+    for u in uploads {
+        // Uploads still in quarantine hold their fair-share places again (issue 16, defect 3).
+        if matches!(
+            u.stage,
+            Stage::Checking | Stage::AwaitingOperator | Stage::Approved { .. }
+        ) {
+            let source = u.source.as_deref().and_then(|s| s.parse().ok());
+            svc.fair.restore(&u.id, source, u.password_id.is_none());
+        }
         match u.stage {
             Stage::Checking => {
                 tokio::spawn(review::run_checks(svc.clone(), u.id));

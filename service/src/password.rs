@@ -12,6 +12,15 @@ pub fn refusal() -> Refusal {
     Refusal::Password("the server password is not valid".into())
 }
 
+/// Issue 16, defect 1: a share holder (Fig. 10) has the password to list and download; adding
+/// or replacing files stays with the account owner, whose key signs every upload.
+pub fn not_owner_upload() -> Refusal {
+    Refusal::Password(
+        "only the account owner may upload to this account (a shared password lets you list and download)"
+            .into(),
+    )
+}
+
 /// 107 / 132: checks a presented password; returns its id and record.
 pub fn check(svc: &Service, presented: &str) -> Result<(String, PasswordRecord), Refusal> {
     let ok = (|| {

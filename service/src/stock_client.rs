@@ -143,13 +143,16 @@ impl StockClients {
         .ok_or_else(|| StockError::Unavailable(name.into(), "empty answer".into()))
     }
 
-    /// 78 / 112: sends the image (streamed from the quarantine file).
+    /// 78 / 112: sends the image (streamed from the quarantine file). `upload_id` makes a
+    /// retry idempotent; `owner_signed` is the one case in which a taken name is replaced.
     pub async fn store(
         &self,
         name: &str,
         db_key: &str,
         file_name: &str,
         path: &Path,
+        upload_id: Option<&str>,
+        owner_signed: bool,
     ) -> Result<StoredObject, StockError> {
         let file = tokio::fs::File::open(path)
             .await
@@ -162,7 +165,14 @@ impl StockClients {
                 stockade_proto::wire::path_segment(file_name)
             ),
         )?;
-        self.send(name, self.http.put(url).body(body))
+        let mut put = self.http.put(url).body(body);
+        if let Some(id) = upload_id {
+            put = put.header(stockade_proto::wire::UPLOAD_ID_HEADER, id);
+        }
+        if owner_signed {
+            put = put.header(stockade_proto::wire::REPLACE_HEADER, "owner");
+        }
+        self.send(name, put)
             .await?
             .ok_or_else(|| StockError::Unavailable(name.into(), "empty answer".into()))
     }

@@ -363,11 +363,15 @@ async fn add_reviewed(
     slot.check(reduced.source_width, reduced.source_height)?;
     let db_key = ensure_account(svc, stock).await?;
     let object = format!("template-{}", req.name);
-    svc.stock.store(stock, &db_key, &object, &t_copy).await?;
+    // The template account is the service's own, and the operator asked for this name:
+    // re-adding a template replaces it.
+    svc.stock
+        .store(stock, &db_key, &object, &t_copy, None, true)
+        .await?;
     let mask_object = match &m_copy {
         Some(m) => {
             let o = format!("mask-{}", req.name);
-            svc.stock.store(stock, &db_key, &o, m).await?;
+            svc.stock.store(stock, &db_key, &o, m, None, true).await?;
             Some(o)
         }
         None => None,
@@ -529,8 +533,12 @@ async fn reduced_mask(
 async fn push(
     State(svc): State<Arc<Service>>,
     Extension(PeerAddr(peer)): Extension<PeerAddr>,
+    headers: axum::http::HeaderMap,
     Json(req): Json<TemplatePushRequest>,
 ) -> Result<Json<TemplatePushResponse>, ApiError> {
+    // Issue 16, defect 2: a push costs a stock server slot, so only an account holder (any
+    // valid server password: templates are for composing with one's own images) starts one.
+    crate::api::check_password(&svc, &headers)?;
     if req.destination.ip().to_canonical() != peer.ip().to_canonical() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -6,7 +6,7 @@ use crate::store::ObjectStore;
 use crate::Stock;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures_util::TryStreamExt;
@@ -42,6 +42,9 @@ pub fn router(stock: Arc<Stock>) -> Router {
 fn account_err(e: AccountError) -> ApiError {
     match e {
         AccountError::UnknownAccount => ApiError::not_found("unknown database key"),
+        e @ AccountError::Exists(_) => {
+            ApiError::new(StatusCode::CONFLICT, Refusal::Exists(e.to_string()))
+        }
         e => ApiError::internal("account database", e),
     }
 }
@@ -112,17 +115,64 @@ async fn create_account(
     }))
 }
 
+/// The store's own headers: which upload this is, and whether its owner signed it.
+fn store_headers(headers: &HeaderMap) -> Res<(Option<String>, bool)> {
+    let upload_id = match headers.get(wire::UPLOAD_ID_HEADER) {
+        None => None,
+        Some(v) => {
+            let v = v
+                .to_str()
+                .ok()
+                .filter(|v| {
+                    (1..=64).contains(&v.len())
+                        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{} must be 1 to 64 letters, digits or '-'",
+                        wire::UPLOAD_ID_HEADER
+                    ))
+                })?;
+            Some(v.to_string())
+        }
+    };
+    let may_replace = match headers.get(wire::REPLACE_HEADER) {
+        None => false,
+        Some(v) if v == "owner" => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "{} may only be \"owner\"",
+                wire::REPLACE_HEADER
+            )))
+        }
+    };
+    Ok((upload_id, may_replace))
+}
+
 /// 78 → 85, 86 (and 112 → 115): encrypt the image under the account key and store it durably.
+/// A taken name is replaced only when the owner signed the upload, or by a retry of the same
+/// upload (issue 16, defect 1).
 async fn store(
     State(s): State<Arc<Stock>>,
     Path((db, name)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Body,
 ) -> Res<(StatusCode, Json<StoredObject>)> {
     wire::valid_file_name(&name).map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r))?;
+    let (upload_id, may_replace) = store_headers(&headers)?;
     let started = std::time::Instant::now();
     let s2 = s.clone();
     let db2 = db.clone();
     let key = blocking(move || s2.accounts.account_key(&db2)).await?;
+    // Refused before the body is read; `put_object` checks again, atomically, at the end.
+    if !may_replace {
+        let (s2, db2, name2) = (s.clone(), db.clone(), name.clone());
+        if let Some(old) = blocking(move || s2.accounts.get_object(&db2, &name2)).await? {
+            if old.upload_id.is_none() || old.upload_id != upload_id {
+                return Err(account_err(AccountError::Exists(name)));
+            }
+        }
+    }
     let mut object_id = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut object_id);
     let oid = hex::encode(object_id);
@@ -167,9 +217,20 @@ async fn store(
         size,
         digest: hex::encode(&digest),
         stored_at: now_secs(),
+        upload_id,
     };
     let (s2, db2, name2, rec2) = (s.clone(), db.clone(), name.clone(), rec.clone());
-    let old = blocking(move || s2.accounts.put_object(&db2, &name2, &rec2)).await?;
+    let old = match blocking(move || s2.accounts.put_object(&db2, &name2, &rec2, may_replace)).await
+    {
+        Ok(old) => old,
+        Err(e) => {
+            // Taken meanwhile by another upload: the object just written belongs to no name.
+            if let Err(re) = s.store.remove(&db, &oid).await {
+                tracing::warn!(error = %re, "removing an object that was not filed");
+            }
+            return Err(e);
+        }
+    };
     if let Some(old) = old {
         // Replaced under the same name: the old object is unreferenced now.
         if let Err(e) = s.store.remove(&db, &old.object_id).await {
@@ -249,6 +310,11 @@ async fn push(
         .ok_or_else(|| ApiError::not_found(format!("no file named {:?}", req.file_name)))?;
     let mut dest = req.destination;
     dest.set_port(s.config.push_port);
+    // Issue 16, defect 2: a bounded queue and a cap per destination, before any task exists.
+    let admitted = crate::push::admit(&s.push_admission, dest.ip()).map_err(|r| {
+        s.metrics.pushes.with_label_values(&["busy"]).inc();
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, r)
+    })?;
     tokio::spawn(crate::push::push_object(
         s,
         db,
@@ -256,6 +322,7 @@ async fn push(
         rec,
         dest,
         req.nonce,
+        admitted,
     ));
     Ok(StatusCode::ACCEPTED)
 }

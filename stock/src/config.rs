@@ -22,9 +22,19 @@ pub struct StockConfig {
     /// Seconds a push may take to connect and to finish.
     #[serde(default = "default_push_timeout")]
     pub push_timeout_secs: u64,
-    /// Pushes running at once; more wait.
+    /// Pushes running at once; more wait in the queue.
     #[serde(default = "default_push_concurrency")]
     pub push_concurrency: usize,
+    /// Seconds a push may go without the client taking a single byte before it is ended (a
+    /// receiver that accepts and never reads holds a slot no longer than this).
+    #[serde(default = "default_push_stall")]
+    pub push_stall_secs: u64,
+    /// Pushes (running or queued) to one destination at once: one IPv4 address, or one IPv6 /64.
+    #[serde(default = "default_push_per_destination")]
+    pub push_per_destination: usize,
+    /// Pushes running and waiting in all; a push request beyond it is refused (503).
+    #[serde(default = "default_push_queue_max")]
+    pub push_queue_max: usize,
     /// The push port on clients; DESIGN.md fixes it at 7137. Only tests on one loopback
     /// interface may need another.
     #[serde(default = "default_push_port")]
@@ -51,6 +61,15 @@ fn default_push_timeout() -> u64 {
 fn default_push_concurrency() -> usize {
     16
 }
+fn default_push_stall() -> u64 {
+    15
+}
+fn default_push_per_destination() -> usize {
+    2
+}
+fn default_push_queue_max() -> usize {
+    64
+}
 fn default_push_port() -> u16 {
     stockade_proto::PUSH_PORT
 }
@@ -71,11 +90,18 @@ impl StockConfig {
                 *p = base.join(&*p);
             }
         }
-        if c.push_concurrency == 0 {
-            return Err(stockade_proto::config::ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message: "push_concurrency must be at least 1".into(),
-            });
+        for (key, v) in [
+            ("push_concurrency", c.push_concurrency),
+            ("push_stall_secs", c.push_stall_secs as usize),
+            ("push_per_destination", c.push_per_destination),
+            ("push_queue_max", c.push_queue_max),
+        ] {
+            if v == 0 {
+                return Err(stockade_proto::config::ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!("{key} must be at least 1"),
+                });
+            }
         }
         Ok(c)
     }

@@ -28,6 +28,9 @@ pub enum AccountError {
     MasterKey(String),
     #[error("stored account key does not open under the master key")]
     Unwrap,
+    /// Issue 16, defect 1: the name is taken by another upload, and this store may not replace it.
+    #[error("a file named {0:?} is in the account already; only its owner may replace it")]
+    Exists(String),
 }
 
 macro_rules! db_err {
@@ -61,6 +64,9 @@ pub struct ObjectRecord {
     /// Hex SHA-512 of the stored object, computed once at store time.
     pub digest: String,
     pub stored_at: u64,
+    /// The upload (or template) the object came from; a store that repeats it is a retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
 }
 
 pub struct Accounts {
@@ -179,21 +185,34 @@ impl Accounts {
     }
 
     /// Files an object under the account; returns the record it replaced, if any.
+    /// Files an object under `name`, in one transaction with the check of who may take it: a
+    /// free name always; a taken one only when `may_replace` (the owner signed the upload) or
+    /// when the object there came from the same upload (a retried store: idempotent). Returns
+    /// the replaced record, whose object is then unreferenced.
     pub fn put_object(
         &self,
         db_key: &str,
         name: &str,
         rec: &ObjectRecord,
+        may_replace: bool,
     ) -> Result<Option<ObjectRecord>, AccountError> {
         let key = format!("{db_key}/{name}");
         let w = self.db.begin_write()?;
         let old = {
             let mut t = w.open_table(OBJECTS)?;
-            let old = t.insert(key.as_str(), serde_json::to_vec(rec)?.as_slice())?;
-            match old {
+            let old = match t.get(key.as_str())? {
                 Some(v) => Some(serde_json::from_slice::<ObjectRecord>(v.value())?),
                 None => None,
+            };
+            if let Some(old) = &old {
+                let retry = old.upload_id.is_some() && old.upload_id == rec.upload_id;
+                if !may_replace && !retry {
+                    // Dropping `w` without commit leaves the table as it was.
+                    return Err(AccountError::Exists(name.to_string()));
+                }
             }
+            t.insert(key.as_str(), serde_json::to_vec(rec)?.as_slice())?;
+            old
         };
         w.commit()?;
         Ok(old)
@@ -275,7 +294,45 @@ mod tests {
             size: 5,
             digest: "d".into(),
             stored_at: 1,
+            upload_id: Some(format!("upload-{id}")),
         }
+    }
+
+    /// Issue 16, defect 1 (101–115): a taken name is replaced only with the owner's consent or by
+    /// a retry of the same upload; a refused store leaves the old record in place.
+    #[test]
+    fn a_taken_name_is_replaced_only_by_the_owner_or_a_retry_101() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Accounts::open(d.path()).unwrap();
+        let (k, _) = a.create().unwrap();
+        assert!(a
+            .put_object(&k, "p.png", &rec("1"), false)
+            .unwrap()
+            .is_none());
+        // Someone else's upload under the same name: refused, nothing changes.
+        let err = a.put_object(&k, "p.png", &rec("2"), false).unwrap_err();
+        assert!(
+            matches!(err, AccountError::Exists(ref n) if n == "p.png"),
+            "{err}"
+        );
+        assert_eq!(a.get_object(&k, "p.png").unwrap(), Some(rec("1")));
+        // The same upload stored again (a retry after a lost answer): idempotent.
+        let mut again = rec("1b");
+        again.upload_id = rec("1").upload_id;
+        assert_eq!(
+            a.put_object(&k, "p.png", &again, false).unwrap(),
+            Some(rec("1"))
+        );
+        // An object with no upload id never counts as a retry of another one.
+        let mut bare = rec("3");
+        bare.upload_id = None;
+        a.put_object(&k, "q.png", &bare, false).unwrap();
+        assert!(a.put_object(&k, "q.png", &bare, false).is_err());
+        // The owner's signed re-upload replaces.
+        assert_eq!(
+            a.put_object(&k, "p.png", &rec("4"), true).unwrap(),
+            Some(again)
+        );
     }
 
     /// Claim 7: the template account files the key the service chose.
@@ -302,13 +359,16 @@ mod tests {
             a.account_key("nope"),
             Err(AccountError::UnknownAccount)
         ));
-        assert!(a.put_object(&k1, "a.png", &rec("1")).unwrap().is_none());
+        assert!(a
+            .put_object(&k1, "a.png", &rec("1"), false)
+            .unwrap()
+            .is_none());
         assert_eq!(
-            a.put_object(&k1, "a.png", &rec("2")).unwrap(),
+            a.put_object(&k1, "a.png", &rec("2"), true).unwrap(),
             Some(rec("1"))
         );
-        a.put_object(&k1, "b.png", &rec("3")).unwrap();
-        a.put_object(&k2, "c.png", &rec("4")).unwrap();
+        a.put_object(&k1, "b.png", &rec("3"), false).unwrap();
+        a.put_object(&k2, "c.png", &rec("4"), false).unwrap();
         let names: Vec<_> = a
             .list_objects(&k1)
             .unwrap()

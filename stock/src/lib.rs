@@ -22,4 +22,6 @@ pub struct Stock {
     pub signing: stockade_proto::server_key::ServerSigningKey,
     pub metrics: metrics::Metrics,
     pub push_slots: Arc<tokio::sync::Semaphore>,
+    /// The push queue's bound and the per-destination cap (issue 16, defect 2).
+    pub push_admission: Arc<stockade_proto::fairshare::Caps>,
 }

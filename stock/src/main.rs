@@ -87,6 +87,10 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
         .with_context(|| format!("binding {}", config.metrics_listen))?;
     let stock = Arc::new(Stock {
         push_slots: Arc::new(tokio::sync::Semaphore::new(config.push_concurrency)),
+        push_admission: stockade_proto::fairshare::Caps::new(
+            config.push_queue_max,
+            config.push_per_destination,
+        ),
         config,
         accounts,
         store,
@@ -107,9 +111,16 @@ async fn run(config_path: PathBuf, pid_file: Option<PathBuf>) -> anyhow::Result<
         metrics_tls,
         stockade_proto::serve::metrics_router(metrics.registry.clone()),
         shutdown.clone(),
+        stockade_proto::serve::ConnLimits::default(),
     ));
     stockade_logging::ready::listening("serving the service servers");
-    stockade_proto::serve::serve_tls(api_listener, api_tls, api::router(stock), shutdown).await;
+    // Its only peers are the service servers (mutual TLS): no cap per source below the total.
+    let limits = stockade_proto::serve::ConnLimits {
+        max_connections_per_source: stockade_proto::serve::ConnLimits::default().max_connections,
+        ..Default::default()
+    };
+    stockade_proto::serve::serve_tls(api_listener, api_tls, api::router(stock), shutdown, limits)
+        .await;
     stockade_logging::ready::stopping();
     let _ = m.await;
     if let Some(p) = &pid_file {

@@ -57,7 +57,7 @@ impl Metrics {
         )
         .expect("valid");
         registry.register(Box::new(pushes.clone())).expect("unique");
-        for r in ["ok", "connect_failed", "failed"] {
+        for r in ["ok", "connect_failed", "failed", "stalled", "busy"] {
             pushes.with_label_values(&[r]);
         }
         let h = |name: &str, help: &str| {

@@ -5,11 +5,31 @@
 use crate::database_key::ObjectRecord;
 use crate::store::ObjectStore;
 use crate::Stock;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use stockade_proto::fairshare::{Caps, Full, Held};
 use stockade_proto::push::{encode_preamble, PushHeader};
-use tokio::io::AsyncWriteExt;
+use stockade_proto::reason::Refusal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Admission of push requests (issue 16, defect 2): at most `push_queue_max` pushes running or
+/// waiting in all, and `push_per_destination` to one destination (an IPv4 address or an IPv6
+/// /64). A request beyond either is refused at once, so a flood waits outside rather than in
+/// the stock server.
+pub fn admit(caps: &Arc<Caps>, destination: IpAddr) -> Result<Held, Refusal> {
+    caps.take(destination).map_err(|full| {
+        Refusal::Busy(match full {
+            Full::Total(n) => {
+                format!("the stock server has {n} pushes running or queued; try again shortly")
+            }
+            Full::Source(key, n) => format!(
+                "{n} pushes to {} are already running or queued; try again when they finish",
+                stockade_proto::fairshare::source_label(key)
+            ),
+        })
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushFailure {
@@ -19,9 +39,50 @@ pub enum PushFailure {
     Io(SocketAddr, String),
     #[error("push to {0} timed out")]
     Timeout(SocketAddr),
+    #[error("push to {0} stalled: the client took nothing for {1} s")]
+    Stalled(SocketAddr, u64),
 }
 
-/// Pushes one object; the caller has already checked the request came from the service (135).
+/// Copies `src` to `dst`, ending with `Stalled` when a single write makes no progress for
+/// `stall` (a receiver with a zero window, whose pure ACKs the gateway rightly lets through).
+async fn copy_with_stall_limit<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    stall: Duration,
+    destination: SocketAddr,
+) -> Result<u64, PushFailure>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let io = |e: std::io::Error| PushFailure::Io(destination, e.to_string());
+    // Large reads: each tokio::fs read is a hop to the blocking pool.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = src.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        let mut at = 0;
+        while at < n {
+            // `write` returns as soon as the socket took anything: each call is one unit of
+            // progress, and none within `stall` ends the push.
+            let w = tokio::time::timeout(stall, dst.write(&buf[at..n]))
+                .await
+                .map_err(|_| PushFailure::Stalled(destination, stall.as_secs()))?
+                .map_err(io)?;
+            if w == 0 {
+                return Err(io(std::io::ErrorKind::WriteZero.into()));
+            }
+            at += w;
+        }
+        total += n as u64;
+    }
+}
+
+/// Pushes one object; the caller has already checked the request came from the service (135)
+/// and admitted it (`admitted` is held until the push ends).
 pub async fn push_object(
     stock: Arc<Stock>,
     db_key: String,
@@ -29,7 +90,9 @@ pub async fn push_object(
     rec: ObjectRecord,
     destination: SocketAddr,
     nonce: String,
+    admitted: Held,
 ) -> Result<u64, PushFailure> {
+    let _admitted = admitted;
     let _slot = stock
         .push_slots
         .clone()
@@ -56,18 +119,25 @@ pub async fn push_object(
             size: rec.stored_size,
         };
         let io = |e: std::io::Error| PushFailure::Io(destination, e.to_string());
-        tcp.write_all(&encode_preamble(&header, &stock.signing))
-            .await
-            .map_err(io)?;
+        let stall = Duration::from_secs(stock.config.push_stall_secs);
+        tokio::time::timeout(
+            stall,
+            tcp.write_all(&encode_preamble(&header, &stock.signing)),
+        )
+        .await
+        .map_err(|_| PushFailure::Stalled(destination, stall.as_secs()))?
+        .map_err(io)?;
         let file = stock
             .store
             .open(&db_key, &rec.object_id)
             .await
             .map_err(io)?;
-        // Large reads: each tokio::fs read is a hop to the blocking pool.
-        let mut file = tokio::io::BufReader::with_capacity(1 << 20, file);
-        let n = tokio::io::copy_buf(&mut file, &mut tcp).await.map_err(io)?;
-        tcp.shutdown().await.map_err(io)?;
+        let mut file = file;
+        let n = copy_with_stall_limit(&mut file, &mut tcp, stall, destination).await?;
+        tokio::time::timeout(stall, tcp.shutdown())
+            .await
+            .map_err(|_| PushFailure::Stalled(destination, stall.as_secs()))?
+            .map_err(io)?;
         Ok::<u64, PushFailure>(n)
     })
     .await
@@ -83,6 +153,10 @@ pub async fn push_object(
         Err(e @ PushFailure::Connect(..)) => {
             m.pushes.with_label_values(&["connect_failed"]).inc();
             tracing::warn!(error = %e, "push failed");
+        }
+        Err(e @ PushFailure::Stalled(..)) => {
+            m.pushes.with_label_values(&["stalled"]).inc();
+            tracing::warn!(error = %e, "push ended");
         }
         Err(e) => {
             m.pushes.with_label_values(&["failed"]).inc();

@@ -88,7 +88,7 @@ fn check_component(s: &str) -> io::Result<()> {
 
 impl FsStore {
     pub fn new(root: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(root)?;
+        stockade_proto::fsutil::create_dir_durable(root)?;
         Ok(Self {
             root: root.to_path_buf(),
         })
@@ -128,7 +128,12 @@ impl ObjectStore for FsStore {
 
     async fn create(&self, db_key: &str) -> io::Result<PendingFile> {
         let dir = self.dir(db_key)?;
-        tokio::fs::create_dir_all(&dir).await?;
+        // Issue 16, defect 6: a new account's directory is fsync'd into `objects/` before its
+        // first object goes in, or a power loss could forget an acknowledged object.
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || stockade_proto::fsutil::create_dir_durable(&d))
+            .await
+            .map_err(io::Error::other)??;
         let mut rnd = [0u8; 12];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut rnd);
         let path = dir.join(format!(".tmp-{}", hex::encode(rnd)));
@@ -214,6 +219,91 @@ mod tests {
         s.remove("ab", "01").await.unwrap();
         s.remove("ab", "01").await.unwrap();
         assert!(s.open("ab", "01").await.is_err());
+    }
+
+    /// Issue 16, defect 6 (85, 86): traced with strace, the first store into a new account
+    /// syncs `objects/` after making `objects/<db>` and before the object is renamed in, and
+    /// syncs `objects/<db>` after the rename, before commit returns (the acknowledgement).
+    #[test]
+    fn first_object_of_a_new_account_is_durable_fsync_order_85_86() {
+        const CHILD: &str = "STOCKADE_STORE_STRACE_CHILD";
+        if let Some(root) = std::env::var_os(CHILD) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let s = FsStore::new(Path::new(&root)).unwrap();
+                let mut p = s.create("ab").await.unwrap();
+                p.write_all(b"first").await.unwrap();
+                s.commit(p, "ab", "01").await.unwrap();
+            });
+            return;
+        }
+        let Some(strace) = ["/usr/bin/strace", "/bin/strace"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+        else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "strace is not installed (.ci/run installs it)"
+            );
+            eprintln!("SKIPPED: strace is not installed");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("objects");
+        let log = d.path().join("trace");
+        let out = std::process::Command::new(strace)
+            .args([
+                "-f",
+                "-y",
+                "-qq",
+                "-e",
+                "trace=mkdir,mkdirat,rename,renameat,renameat2,fsync,fdatasync",
+                "-o",
+            ])
+            .arg(&log)
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::first_object_of_a_new_account_is_durable_fsync_order_85_86",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD, &root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let trace = std::fs::read_to_string(&log).unwrap();
+        let (objects, account) = (
+            root.display().to_string(),
+            root.join("ab").display().to_string(),
+        );
+        // The first line, after `from`, that satisfies `f`.
+        let lines: Vec<&str> = trace.lines().collect();
+        let find = |from: usize, what: &str, f: &dyn Fn(&str) -> bool| {
+            (from..lines.len())
+                .find(|&i| f(lines[i]))
+                .unwrap_or_else(|| panic!("no {what} after line {from} in:\n{trace}"))
+        };
+        let synced = |l: &str, dir: &str| l.contains("fsync(") && l.contains(&format!("<{dir}>"));
+        let mkdir = find(0, "mkdir of objects/ab", &|l| {
+            l.contains("mkdir") && l.contains(&format!("\"{account}\""))
+        });
+        let sync_objects = find(mkdir, "fsync of objects/", &|l| synced(l, &objects));
+        let rename = find(0, "rename into objects/ab", &|l| {
+            l.contains("rename") && l.contains(&format!("{account}/01"))
+        });
+        assert!(
+            sync_objects < rename,
+            "objects/ synced after the object went in:\n{trace}"
+        );
+        find(rename, "fsync of objects/ab", &|l| synced(l, &account));
     }
 
     #[tokio::test]

@@ -150,6 +150,50 @@ impl Restriction {
     }
 }
 
+/// Whether the restricted daemons can run here: root, setpriv, systemd-analyze and Debian's
+/// python3-seccomp. Under CI (`CI=true`) a missing one fails the calling test instead.
+pub fn can_run() -> bool {
+    let missing: Vec<&str> = [
+        (nix::unistd::geteuid().is_root(), "root"),
+        (
+            std::process::Command::new("setpriv")
+                .arg("--version")
+                .output()
+                .is_ok(),
+            "setpriv (util-linux)",
+        ),
+        (
+            std::process::Command::new("systemd-analyze")
+                .arg("--version")
+                .output()
+                .is_ok(),
+            "systemd-analyze (systemd)",
+        ),
+        (
+            std::process::Command::new("/usr/bin/python3")
+                .args(["-c", "import seccomp"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false),
+            "python3-seccomp",
+        ),
+    ]
+    .into_iter()
+    .filter(|(ok, _)| !ok)
+    .map(|(_, what)| what)
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "cannot run the restricted daemons: missing {missing:?} (.ci/run installs them)"
+    );
+    eprintln!("SKIPPED: missing {missing:?}");
+    false
+}
+
 /// Creates the daemon users from the packages' sysusers.d entries (idempotent).
 pub fn ensure_users() {
     for (file, text) in stockade_lab::package::SYSUSERS {

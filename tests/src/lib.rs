@@ -155,6 +155,12 @@ pub struct Options {
     pub start_clamd: bool,
     /// Overrides the stock servers' push port (benchmarks push to a local sink).
     pub push_port: Option<u16>,
+    /// More top-level lines of each stock server's config (e.g. `push_stall_secs: 2`).
+    pub extra_stock_yaml: String,
+    /// clamd's size limits (clamd.conf lines); default 100M for each.
+    pub clamd_limits: Option<String>,
+    /// The service's clamd timeout.
+    pub clamd_timeout_secs: u64,
     /// More lines under the service config's `limits:` (each indented two spaces).
     pub limits_yaml: String,
     /// More top-level sections of the service config (e.g. `console:`).
@@ -172,6 +178,9 @@ impl Default for Options {
             max_upload_bytes: 20 << 20,
             start_clamd: true,
             push_port: None,
+            extra_stock_yaml: String::new(),
+            clamd_limits: None,
+            clamd_timeout_secs: 20,
             limits_yaml: String::new(),
             extra_service_yaml: String::new(),
             restricted: false,
@@ -185,6 +194,7 @@ pub struct System {
     pub pki: PathBuf,
     pub clamd: Option<Daemon>,
     pub clamd_socket: PathBuf,
+    clamd_limits: Option<String>,
     pub stocks: Vec<Daemon>,
     pub stock_specs: Vec<StockSpec>,
     pub service: Option<Daemon>,
@@ -222,6 +232,7 @@ impl System {
             pki: pki.clone(),
             clamd: None,
             clamd_socket: clamd_socket.clone(),
+            clamd_limits: None,
             stocks: vec![],
             stock_specs: vec![],
             service: None,
@@ -234,6 +245,7 @@ impl System {
         if opts.restricted {
             sys.restrict();
         }
+        sys.clamd_limits = opts.clamd_limits.clone();
         if opts.start_clamd {
             sys.start_clamd();
         }
@@ -245,8 +257,9 @@ impl System {
                 &config,
                 format!(
                     "name: {name}\nlisten: 127.0.0.1:{port}\nmetrics_listen: 127.0.0.1:{metrics_port}\ndata_dir: {name}-data\n\
-                     tls:\n  cert: pki/stock.pem\n  key: pki/stock.key\n  service_client_ca: pki/service-client-ca.pem\n  monitor_ca: pki/monitor-ca.pem\n{}",
-                    opts.push_port.map(|p| format!("push_port: {p}\n")).unwrap_or_default()
+                     tls:\n  cert: pki/stock.pem\n  key: pki/stock.key\n  service_client_ca: pki/service-client-ca.pem\n  monitor_ca: pki/monitor-ca.pem\n{}{}",
+                    opts.push_port.map(|p| format!("push_port: {p}\n")).unwrap_or_default(),
+                    opts.extra_stock_yaml
                 ),
             )
             .unwrap();
@@ -273,10 +286,11 @@ impl System {
             format!(
                 "name: service-1\nlisten: 127.0.0.1:{}\nmetrics_listen: 127.0.0.1:{}\nadmin_socket: admin.sock\ndata_dir: service-data\n\
                  tls:\n  cert: pki/service.pem\n  key: pki/service.key\n  stock_ca: pki/ca.pem\n  client_cert: pki/service-client.pem\n  client_key: pki/service-client.key\n\
-                 stock_servers:\n{stocks}clamd:\n  address: {}\n  timeout_secs: 20\nreview:\n  auto_approve_ethics: {}\nlimits:\n  max_upload_bytes: {}\n{}{}",
+                 stock_servers:\n{stocks}clamd:\n  address: {}\n  timeout_secs: {}\nreview:\n  auto_approve_ethics: {}\nlimits:\n  max_upload_bytes: {}\n{}{}",
                 sys.service_port,
                 sys.service_metrics_port,
                 clamd_socket.display(),
+                opts.clamd_timeout_secs,
                 opts.auto_approve,
                 opts.max_upload_bytes,
                 opts.limits_yaml,
@@ -352,10 +366,13 @@ impl System {
         std::fs::write(
             &conf,
             format!(
-                "LocalSocket {}\nLocalSocketMode 666\nForeground yes\nDatabaseDirectory {}\nLogFile {}\nStreamMaxLength 100M\nMaxFileSize 100M\nMaxScanSize 100M\nAlertExceedsMax yes\nBytecode no\n",
+                "LocalSocket {}\nLocalSocketMode 666\nForeground yes\nDatabaseDirectory {}\nLogFile {}\n{}\nAlertExceedsMax yes\nBytecode no\n",
                 self.clamd_socket.display(),
                 db.display(),
-                root.join("clamd.log").display()
+                root.join("clamd.log").display(),
+                self.clamd_limits
+                    .as_deref()
+                    .unwrap_or("StreamMaxLength 100M\nMaxFileSize 100M\nMaxScanSize 100M")
             ),
         )
         .unwrap();

@@ -42,7 +42,13 @@ fn png_with_hidden_data(png: &[u8], secret: &str) -> Vec<u8> {
 /// What the template path stored on the stock server: the push of `part` of template `name`,
 /// received here (on `ip`'s push port) and opened with the template account key, read from
 /// the service's data directory.
-fn stored_template_part(sys: &System, ip: std::net::Ipv4Addr, name: &str, part: &str) -> Vec<u8> {
+fn stored_template_part(
+    sys: &System,
+    ip: std::net::Ipv4Addr,
+    password: &str,
+    name: &str,
+    part: &str,
+) -> Vec<u8> {
     let key: [u8; 32] = std::fs::read(sys.root().join("service-data/template-account.key"))
         .unwrap()
         .try_into()
@@ -50,6 +56,7 @@ fn stored_template_part(sys: &System, ip: std::net::Ipv4Addr, name: &str, part: 
     let listener = std::net::TcpListener::bind((ip, 7137)).unwrap();
     let r = https(sys, Some(std::net::IpAddr::V4(ip)))
         .post(format!("{}/v1/templates/push", sys.service_url()))
+        .bearer_auth(password)
         .json(&serde_json::json!({"template": name, "part": part, "destination": format!("{ip}:7137")}))
         .send()
         .unwrap();
@@ -191,6 +198,7 @@ fn fig12_template_and_image_on_different_stock_servers_compose_claims_6_7_14_15(
         "{o}"
     );
     // What was stored is the disarmed file: the same pixels, without the hidden data.
+    let server_password = c1.ok(&["password", "show"]).trim().to_string();
     let review_dir = sys.root().join("service-data/template-review");
     for (part, secret, want) in [
         ("template", "TEMPLATE-SECRET", frame.clone()),
@@ -200,7 +208,7 @@ fn fig12_template_and_image_on_different_stock_servers_compose_claims_6_7_14_15(
             image::DynamicImage::ImageLuma8(mask.clone()).into_rgba8(),
         ),
     ] {
-        let stored = stored_template_part(&sys, c1.ip, "frame", part);
+        let stored = stored_template_part(&sys, c1.ip, &server_password, "frame", part);
         assert!(
             !contains(&stored, secret.as_bytes()) && !contains(&stored, b"tEXt"),
             "{part}: the hidden data was stored"
@@ -358,10 +366,25 @@ fn fig12_template_and_image_on_different_stock_servers_compose_claims_6_7_14_15(
         assert!(e.contains("not_found") && e.contains(words), "{e}");
     }
 
-    // A template push needs no password but still goes only to the requester's own address.
+    // Issue 16, defect 2: a template push (which takes a stock server's push slot) needs an
+    // account's server password; and it goes only to the requester's own address.
     let http = https(&sys, Some(std::net::IpAddr::V4(c1.ip)));
+    let own = format!("{}:7137", c1.ip);
+    for bearer in [None, Some("stk1_garbage")] {
+        let mut r = http
+            .post(format!("{}/v1/templates/push", sys.service_url()))
+            .json(&serde_json::json!({"template": "frame", "destination": own}));
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        let r = r.send().unwrap();
+        assert_eq!(r.status(), 401, "{bearer:?}");
+        let body: serde_json::Value = r.json().unwrap();
+        assert_eq!(body["refusal"]["code"], "password");
+    }
     let r = http
         .post(format!("{}/v1/templates/push", sys.service_url()))
+        .bearer_auth(&server_password)
         .json(&serde_json::json!({"template": "frame", "destination": "127.9.9.9:7137"}))
         .send()
         .unwrap();

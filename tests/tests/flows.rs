@@ -1,6 +1,8 @@
 //! Every flow of patent JP H11-73391 between the real processes: clamd, two stock servers
 //! (Fig. 12), the service and `stockade` clients, over real TLS and TCP on loopback.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 use stockade_tests::*;
 
@@ -87,6 +89,19 @@ fn re_upload_with_server_password_101_to_115_and_wrong_password_107_108() {
     let dest = c1.home.join("two-back.jpg");
     c1.ok(&["download", "two.jpg", "--out", dest.to_str().unwrap()]);
     assert_eq!(std::fs::read(&dest).unwrap(), second);
+    // 112–115: the owner's own signed re-upload under a taken name replaces it (issue 16,
+    // defect 1: only the owner's does).
+    let newer = jpeg(24, 24, 3);
+    c1.ok(&[
+        "upload",
+        &write(&c1.home, "newer.jpg", &newer),
+        "--name",
+        "two.jpg",
+        "--wait",
+        "60",
+    ]);
+    c1.ok(&["download", "two.jpg", "--out", dest.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&dest).unwrap(), newer);
 
     // 107, 108: a wrong password is refused with a reason, the same words for every failure.
     let cfg = stockade_proto::tls::client_config(&sys.pki.join("ca.pem"), None).unwrap();
@@ -175,6 +190,66 @@ fn clamd_down_means_not_stored_91() {
     assert!(err.contains("refused: scan_unavailable"), "{err}");
 }
 
+fn noisy_png(w: u32, h: u32, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).max(1);
+    let img = image::RgbImage::from_fn(w, h, |_, _| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Issue 16, defect 9 (91, 76, 77): against a real clamd, every way the scan cannot give a
+/// verdict is refused as `scan_unavailable` and nothing is stored: a stream over clamd's
+/// StreamMaxLength (a service misconfigured past it), a file over MaxFileSize
+/// (`Heuristics.Limits.Exceeded`), and a clamd that stops answering (SIGSTOP).
+#[test]
+fn clamd_limits_and_a_stopped_clamd_are_scan_unavailable_91() {
+    let sys = System::start(Options {
+        stock_servers: 1,
+        clamd_limits: Some("StreamMaxLength 2M\nMaxFileSize 1M\nMaxScanSize 100M".into()),
+        clamd_timeout_secs: 3,
+        ..Options::default()
+    });
+    let c1 = sys.client("c1");
+    let refused = |name: &str, bytes: &[u8], why: &str| {
+        let out = c1.run(&["upload", &write(&c1.home, name, bytes), "--wait", "60"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{why}: {err}");
+        assert!(err.contains("refused: scan_unavailable"), "{why}: {err}");
+    };
+    // About 3 MB: over StreamMaxLength (2M).
+    refused(
+        "long.png",
+        &noisy_png(1000, 1000, 1),
+        "over StreamMaxLength",
+    );
+    // About 1.5 MB: under StreamMaxLength, over MaxFileSize (1M).
+    refused(
+        "big.png",
+        &noisy_png(700, 700, 2),
+        "Heuristics.Limits.Exceeded",
+    );
+    // A clamd that takes the connection and never answers.
+    let pid = nix::unistd::Pid::from_raw(sys.clamd.as_ref().unwrap().pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    refused("small.png", &png(16, 16, 3), "clamd stopped");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let stored: Vec<_> = files_under(&sys.root().join("stock-1-data").join("objects"));
+    assert!(stored.is_empty(), "stored: {stored:?}");
+    // A clamd that answers again gives verdicts again.
+    c1.ok(&[
+        "upload",
+        &write(&c1.home, "ok.png", &png(16, 16, 4)),
+        "--wait",
+        "60",
+    ]);
+}
+
 #[test]
 fn operator_review_93_approve_and_reject_with_reason() {
     let sys = System::start(Options {
@@ -233,6 +308,129 @@ fn operator_review_93_approve_and_reject_with_reason() {
     );
     // A decided upload cannot be decided again.
     assert!(!sys.review(&["approve", &id2]).status.success());
+
+    // Issue 16, defect 8: a peer that is neither root nor the service's user is refused even
+    // when it can reach the socket (as in the moment between bind and chmod).
+    if stockade_tests::lab::is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(sys.root(), 0o711).unwrap();
+        mode(&sys.admin_socket, 0o666).unwrap();
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin("stockade-service"))
+            .args(["review", "--socket"])
+            .arg(&sys.admin_socket)
+            .arg("list")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{}", text(&out.stdout));
+        assert!(
+            text(&out.stderr).contains("answers root and the service's own user only"),
+            "{}",
+            text(&out.stderr)
+        );
+    } else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "needs root");
+    }
+}
+
+/// A small tmpfs (root), unmounted however the test ends: a disk that can be filled.
+struct SmallDisk(PathBuf);
+impl SmallDisk {
+    fn mount(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mount tmpfs on {} (needs root)",
+            dir.display()
+        );
+        Self(dir.to_path_buf())
+    }
+    /// Fills it to the last byte; returns the filler file.
+    fn fill(&self) -> PathBuf {
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let block = [0u8; 4096];
+        while std::io::Write::write_all(&mut f, &block).is_ok() {}
+        while std::io::Write::write_all(&mut f, &[0u8]).is_ok() {}
+        p
+    }
+}
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Issue 16, defect 5 (93–95): a decision that cannot be audited is not taken. The audit trail
+/// lives on a disk that is then filled: approve and reject fail and say why, the upload stays
+/// awaiting review with nothing stored; with room again, the approval goes through and the
+/// chain verifies.
+#[test]
+fn unauditable_decision_is_not_taken_93() {
+    if !stockade_tests::lab::is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs root (a tmpfs for the audit trail)"
+        );
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let disk_dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(disk_dir.path());
+    let audit = disk.0.join("audit.jsonl");
+    let sys = System::start(Options {
+        auto_approve: false,
+        stock_servers: 1,
+        extra_service_yaml: format!("audit_log: {}\n", audit.display()),
+        ..Options::default()
+    });
+    let c1 = sys.client("c1");
+    let out = c1.run(&[
+        "upload",
+        &write(&c1.home, "ok.png", &png(30, 30, 5)),
+        "--wait",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let id = text(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let filler = disk.fill();
+    for args in [
+        vec!["approve", id.as_str(), "--operator", "alice"],
+        vec!["reject", id.as_str(), "--reason", "offensive"],
+    ] {
+        let r = sys.review(&args);
+        assert!(!r.status.success(), "{args:?} succeeded on a full disk");
+        assert!(
+            text(&r.stderr).contains("the audit trail cannot be written"),
+            "{args:?}: {}",
+            text(&r.stderr)
+        );
+    }
+    let show = text(&sys.review(&["show", &id]).stdout);
+    assert!(show.contains("awaiting review (93)"), "{show}");
+    std::fs::remove_file(filler).unwrap();
+    let r = sys.review(&["approve", &id, "--operator", "alice"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let out = c1.ok(&["status", &id, "--wait", "60"]);
+    assert!(out.contains("stored ok.png"), "{out}");
+    let v = Command::new(bin("stockade-service"))
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", text(&v.stderr));
+    drop(sys);
 }
 
 #[test]
@@ -395,6 +593,33 @@ fn share_account_key_client1_to_client30_then_download_151_to_156() {
     assert!(text(&out.stderr).contains("owner"), "{}", text(&out.stderr));
     let out = c30.run(&["password", "rotate"]);
     assert_eq!(out.status.code(), Some(3));
+    // Issue 16, defect 1 (101, 106–109): nor upload, so it can neither replace the owner's
+    // file (which the owner's next download would return, correctly signed), nor add one.
+    let other = png(40, 40, 99);
+    for name in ["shared.png", "extra.png"] {
+        let out = c30.run(&[
+            "upload",
+            &write(&c30.home, "other.png", &other),
+            "--name",
+            name,
+            "--wait",
+            "60",
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("only the account owner may upload"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let mine = c1.home.join("mine-before-rotate.png");
+    c1.ok(&["download", "shared.png", "--out", mine.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(&mine).unwrap(),
+        img,
+        "the owner's file is untouched"
+    );
+    assert!(!c1.ok(&["list"]).contains("extra.png"));
 
     // Rotation (79–82) by the owner ends the share's download access; the old password stops.
     let out = c1.ok(&["password", "rotate"]);

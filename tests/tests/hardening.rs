@@ -7,51 +7,9 @@
 
 use stockade_tests::*;
 
-fn can_run() -> bool {
-    let missing: Vec<&str> = [
-        (nix::unistd::geteuid().is_root(), "root"),
-        (
-            std::process::Command::new("setpriv")
-                .arg("--version")
-                .output()
-                .is_ok(),
-            "setpriv (util-linux)",
-        ),
-        (
-            std::process::Command::new("systemd-analyze")
-                .arg("--version")
-                .output()
-                .is_ok(),
-            "systemd-analyze (systemd)",
-        ),
-        (
-            std::process::Command::new("/usr/bin/python3")
-                .args(["-c", "import seccomp"])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false),
-            "python3-seccomp",
-        ),
-    ]
-    .into_iter()
-    .filter(|(ok, _)| !ok)
-    .map(|(_, what)| what)
-    .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert_ne!(
-        std::env::var("CI").as_deref(),
-        Ok("true"),
-        "cannot run the restricted daemons: missing {missing:?} (.ci/run installs them)"
-    );
-    eprintln!("SKIPPED: missing {missing:?}");
-    false
-}
-
 #[test]
 fn restricted_daemons_upload_review_store_and_push_61_to_87_121_to_137() {
-    if !can_run() {
+    if !stockade_tests::hardening::can_run() {
         return;
     }
     let sys = System::start(Options {

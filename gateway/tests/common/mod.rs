@@ -98,6 +98,9 @@ pub struct Lab {
     pub gateway: Option<Child>,
     pub stop: Arc<AtomicBool>,
     pub threads: Vec<JoinHandle<()>>,
+    /// A command the gateway runs under, inside its namespace (e.g. setpriv and a seccomp
+    /// filter: the packaged unit's restrictions); empty: none.
+    pub wrapper: Vec<std::ffi::OsString>,
 }
 
 impl Lab {
@@ -119,6 +122,7 @@ impl Lab {
             gateway: None,
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
+            wrapper: Vec::new(),
         };
         lab.build();
         lab
@@ -282,17 +286,9 @@ impl Lab {
     pub fn start_gateway(&mut self) {
         let log = fs::File::create(self.dir.path().join("gateway.log")).unwrap();
         let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns("gw"),
-                BIN,
-                "run",
-                "--outside",
-                "outside",
-                "--inside",
-                "inside",
-            ])
+            .args(["netns", "exec", &self.ns("gw")])
+            .args(&self.wrapper)
+            .args([BIN, "run", "--outside", "outside", "--inside", "inside"])
             .arg("--rules")
             .arg(&self.rules)
             .args(&self.plane_args)

@@ -8,8 +8,11 @@ use argon2::password_hash::{
 };
 use argon2::Argon2;
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -76,10 +79,28 @@ pub struct Session {
     last_seen: Instant,
 }
 
-#[derive(Default)]
+/// Failed sign-ins of one (operator name, source) pair. Times are seconds since the epoch so
+/// that a lockout outlives a restart.
+#[derive(Default, Serialize, Deserialize)]
 struct Failures {
     count: u32,
-    locked_until: Option<Instant>,
+    locked_until: Option<u64>,
+}
+
+/// Who is guessing: the name tried and where from (an IPv4 address, an IPv6 /64), so that
+/// guesses from elsewhere cannot lock the real operator out (issue 16, defect 4).
+fn failure_key(name: &str, source: IpAddr) -> String {
+    let source = match source {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    format!("{} {source}", name.trim().to_lowercase())
 }
 
 pub enum LoginResult {
@@ -93,34 +114,78 @@ pub struct Auth {
     /// Sessions by the SHA-256 of their cookie value.
     sessions: Mutex<HashMap<String, Session>>,
     failures: Mutex<HashMap<String, Failures>>,
-    /// argon2 costs ~19 MiB and tens of ms per check: one at a time bounds a login flood.
+    /// Where the failures are kept across restarts (`<data_dir>/console-lockouts.json`).
+    failures_file: Option<PathBuf>,
+    /// argon2 costs ~19 MiB and tens of ms per check: one at a time bounds a login flood. The
+    /// lockout is checked and counted inside it, so queued guesses see every earlier failure.
     verify_slots: tokio::sync::Semaphore,
     /// Checked against for unknown names, so they take as long as known ones.
     dummy_hash: String,
 }
 
 impl Auth {
-    pub fn new(cfg: ConsoleConfig) -> Self {
+    /// `failures_file`: where lockouts are kept across restarts (read now if it is there; an
+    /// unreadable one is an error, not a reset).
+    pub fn new(cfg: ConsoleConfig, failures_file: Option<PathBuf>) -> std::io::Result<Self> {
         let dummy_hash = hash_password(&random_token()).expect("a random token is long enough");
-        Self {
+        let failures = match &failures_file {
+            Some(p) => match std::fs::read(p) {
+                Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: {e}", p.display()),
+                    )
+                })?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+                Err(e) => return Err(e),
+            },
+            None => HashMap::new(),
+        };
+        Ok(Self {
             cfg,
             sessions: Mutex::default(),
-            failures: Mutex::default(),
+            failures: Mutex::new(failures),
+            failures_file,
             verify_slots: tokio::sync::Semaphore::new(1),
             dummy_hash,
+        })
+    }
+
+    fn locked(&self, key: &str) -> Option<Duration> {
+        let f = self.failures.lock().expect("not poisoned");
+        let until = f.get(key)?.locked_until?;
+        until
+            .checked_sub(crate::now_secs())
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+    }
+
+    /// Writes the failure records (temp file, fsync, rename). A failure to keep them is
+    /// logged: the lockout still holds in memory.
+    async fn save_failures(&self) {
+        let Some(p) = self.failures_file.clone() else {
+            return;
+        };
+        let bytes = {
+            let f = self.failures.lock().expect("not poisoned");
+            serde_json::to_vec(&*f).expect("failure records serialise")
+        };
+        let res = tokio::task::spawn_blocking(move || {
+            stockade_proto::fsutil::write_atomic(&p, &bytes, 0o600)
+        })
+        .await;
+        if !matches!(res, Ok(Ok(()))) {
+            tracing::error!("keeping the console lockouts on disk failed");
         }
     }
 
-    fn locked(&self, name: &str) -> Option<Duration> {
-        let f = self.failures.lock().expect("not poisoned");
-        let until = f.get(name)?.locked_until?;
-        until.checked_duration_since(Instant::now())
-    }
-
-    /// Checks a login; counts failures per operator name and locks the name after
+    /// Checks a login; counts failures per (operator name, source) and locks that pair after
     /// `max_failures` of them for `lockout_secs` (even the right password is refused then).
-    pub async fn login(&self, name: &str, password: &str) -> LoginResult {
-        let key = name.trim().to_lowercase();
+    pub async fn login(&self, name: &str, password: &str, source: IpAddr) -> LoginResult {
+        let key = failure_key(name, source);
+        // Issue 16, defect 4: checked after queuing for the slot, not before, so a burst of
+        // concurrent guesses gets no more verifications than `max_failures`.
+        let _slot = self.verify_slots.acquire().await.expect("never closed");
         if let Some(retry_in) = self.locked(&key) {
             return LoginResult::Locked { retry_in };
         }
@@ -133,16 +198,21 @@ impl Auth {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
         let ok = {
-            let _slot = self.verify_slots.acquire().await.expect("never closed");
             let pw = password.to_string();
             tokio::task::spawn_blocking(move || verify_hash(&pw, &hash))
                 .await
                 .unwrap_or(false)
         } && known;
-        let mut f = self.failures.lock().expect("not poisoned");
         if ok {
-            f.remove(&key);
-            drop(f);
+            let had = self
+                .failures
+                .lock()
+                .expect("not poisoned")
+                .remove(&key)
+                .is_some();
+            if had {
+                self.save_failures().await;
+            }
             let token = random_token();
             let now = Instant::now();
             let mut s = self.sessions.lock().expect("not poisoned");
@@ -158,20 +228,27 @@ impl Auth {
             );
             return LoginResult::Ok { token };
         }
-        if f.len() >= MAX_TRACKED && !f.contains_key(&key) {
-            let now = Instant::now();
-            f.retain(|_, v| v.locked_until.is_some_and(|u| u > now));
-        }
-        let e = f.entry(key).or_default();
-        e.count += 1;
-        if e.count >= self.cfg.max_failures {
-            e.count = 0;
-            let d = Duration::from_secs(self.cfg.lockout_secs);
-            e.locked_until = Some(Instant::now() + d);
-            tracing::warn!(operator = %name.trim(), "console login locked after repeated failures");
-            return LoginResult::Locked { retry_in: d };
-        }
-        LoginResult::Wrong
+        let result = {
+            let mut f = self.failures.lock().expect("not poisoned");
+            if f.len() >= MAX_TRACKED && !f.contains_key(&key) {
+                let now = crate::now_secs();
+                f.retain(|_, v| v.locked_until.is_some_and(|u| u > now));
+            }
+            let e = f.entry(key).or_default();
+            e.count += 1;
+            if e.count >= self.cfg.max_failures {
+                e.count = 0;
+                let d = Duration::from_secs(self.cfg.lockout_secs);
+                e.locked_until = Some(crate::now_secs() + self.cfg.lockout_secs);
+                // Debug formatting escapes the name: a `\n` in it cannot forge a log line.
+                tracing::warn!(operator = ?name.trim(), %source, "console login locked after repeated failures");
+                LoginResult::Locked { retry_in: d }
+            } else {
+                LoginResult::Wrong
+            }
+        };
+        self.save_failures().await;
+        result
     }
 
     fn alive(&self, s: &Session, now: Instant) -> bool {
@@ -227,13 +304,72 @@ mod tests {
         }
     }
 
+    const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10));
+    const AWAY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
+
+    /// Issue 16, defect 4: fifty concurrent guesses get `max_failures` (3) verifications and
+    /// no more; the lockout is per source, so the operator elsewhere still signs in; and it is
+    /// still there after a restart (a new `Auth` over the same file).
+    #[tokio::test]
+    async fn concurrent_guesses_are_counted_per_source_and_survive_a_restart() {
+        let h = hash_password("correct horse battery").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("console-lockouts.json");
+        let a = std::sync::Arc::new(Auth::new(cfg(h.clone()), Some(file.clone())).unwrap());
+        let guesses: Vec<_> = (0..50)
+            .map(|i| {
+                let a = a.clone();
+                tokio::spawn(async move { a.login("alice", &format!("guess {i}"), AWAY).await })
+            })
+            .collect();
+        let mut wrong = 0;
+        for g in guesses {
+            match g.await.unwrap() {
+                LoginResult::Wrong => wrong += 1,
+                LoginResult::Locked { .. } => {}
+                LoginResult::Ok { .. } => panic!("a guess signed in"),
+            }
+        }
+        assert_eq!(
+            wrong, 2,
+            "the third failure locks; nothing after it is verified"
+        );
+        assert!(matches!(
+            a.login("alice", "correct horse battery", AWAY).await,
+            LoginResult::Locked { .. }
+        ));
+        // Another source: not locked out by the guesser.
+        assert!(matches!(
+            a.login("alice", "correct horse battery", HOME).await,
+            LoginResult::Ok { .. }
+        ));
+        // A restart keeps the lockout.
+        drop(a);
+        let b = Auth::new(cfg(h), Some(file)).unwrap();
+        assert!(matches!(
+            b.login("alice", "correct horse battery", AWAY).await,
+            LoginResult::Locked { .. }
+        ));
+        // An IPv6 source is one /64.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            failure_key("Alice", v6("2001:db8:1:2:aa::1")),
+            failure_key("alice ", v6("2001:db8:1:2:bb::9"))
+        );
+        assert_ne!(
+            failure_key("alice", v6("2001:db8:1:2::1")),
+            failure_key("alice", v6("2001:db8:1:3::1"))
+        );
+    }
+
     #[tokio::test]
     async fn login_lockout_and_sessions() {
         assert!(matches!(hash_password("short"), Err(HashError::TooShort)));
         let h = hash_password("correct horse battery").unwrap();
         assert!(valid_hash(&h) && h.starts_with("$argon2id$"));
-        let a = Auth::new(cfg(h));
-        let LoginResult::Ok { token } = a.login("alice", "correct horse battery").await else {
+        let a = Auth::new(cfg(h), None).unwrap();
+        let LoginResult::Ok { token } = a.login("alice", "correct horse battery", HOME).await
+        else {
             panic!("good password refused");
         };
         let s = a.session(&token).unwrap();
@@ -242,18 +378,24 @@ mod tests {
         a.logout(&token);
         assert!(a.session(&token).is_none());
         // Unknown names and wrong passwords fail alike; the third failure locks the name.
-        assert!(matches!(a.login("mallory", "x").await, LoginResult::Wrong));
-        assert!(matches!(a.login("alice", "nope").await, LoginResult::Wrong));
         assert!(matches!(
-            a.login("alice", "nope2").await,
+            a.login("mallory", "x", HOME).await,
             LoginResult::Wrong
         ));
         assert!(matches!(
-            a.login("Alice", "nope3").await,
+            a.login("alice", "nope", HOME).await,
+            LoginResult::Wrong
+        ));
+        assert!(matches!(
+            a.login("alice", "nope2", HOME).await,
+            LoginResult::Wrong
+        ));
+        assert!(matches!(
+            a.login("Alice", "nope3", HOME).await,
             LoginResult::Locked { .. }
         ));
         assert!(matches!(
-            a.login("alice", "correct horse battery").await,
+            a.login("alice", "correct horse battery", HOME).await,
             LoginResult::Locked { .. }
         ));
     }

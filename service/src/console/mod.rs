@@ -15,13 +15,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::{Extension, Form, Router};
 use maud::Markup;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use stockade_proto::reason::Refusal;
+use stockade_proto::serve::PeerAddr;
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -119,12 +120,13 @@ pub struct Console {
 
 type Shared = Arc<Console>;
 
-pub fn router(svc: Arc<Service>, cfg: ConsoleConfig) -> Router {
+pub fn router(svc: Arc<Service>, cfg: ConsoleConfig) -> std::io::Result<Router> {
+    let lockouts = svc.config.data_dir.join("console-lockouts.json");
     let state = Arc::new(Console {
+        auth: Auth::new(cfg, Some(lockouts))?,
         svc,
-        auth: Auth::new(cfg),
     });
-    Router::new()
+    Ok(Router::new()
         .route("/", get(|| async { Redirect::to("/queue") }))
         .route("/static/console.css", get(css))
         .route("/login", get(login_form).post(login))
@@ -136,7 +138,7 @@ pub fn router(svc: Arc<Service>, cfg: ConsoleConfig) -> Router {
         .route("/uploads/{id}/reject", post(reject))
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(state)
+        .with_state(state))
 }
 
 async fn security_headers(mut r: Response) -> Response {
@@ -249,15 +251,20 @@ struct LoginForm {
     csrf: String,
 }
 
-async fn login(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+async fn login(
+    State(c): State<Shared>,
+    Extension(PeerAddr(peer)): Extension<PeerAddr>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
     // Login CSRF: the form's token must be the one this browser got with the form.
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
     if f.csrf.is_empty() || expected.is_empty() || !auth::same(&f.csrf, expected) {
         return csrf_failed();
     }
-    match c.auth.login(&f.username, &f.password).await {
+    match c.auth.login(&f.username, &f.password, peer.ip()).await {
         LoginResult::Ok { token } => {
-            tracing::info!(operator = %f.username.trim(), "console sign-in");
+            tracing::info!(operator = ?f.username.trim(), "console sign-in");
             let mut r = Redirect::to("/queue").into_response();
             // 303 for a POST.
             *r.status_mut() = StatusCode::SEE_OTHER;
@@ -271,7 +278,7 @@ async fn login(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<LoginF
             r
         }
         LoginResult::Wrong => {
-            tracing::info!(operator = %f.username.trim(), "console sign-in failed");
+            tracing::info!(operator = ?f.username.trim(), %peer, "console sign-in failed");
             login_page(
                 StatusCode::UNAUTHORIZED,
                 Some("Wrong operator name or password."),
@@ -419,6 +426,15 @@ fn see_other(to: String) -> Response {
     r
 }
 
+/// A decision the audit trail could not take (issue 16, defect 5): the operator is told.
+fn undecided(title: &str, e: &review::Undecided) -> Response {
+    tracing::error!(error = %e, "{title}");
+    html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        pages::message(title, &e.to_string()),
+    )
+}
+
 /// 93 yes → 94 → 78.
 async fn approve(
     State(c): State<Shared>,
@@ -433,8 +449,10 @@ async fn approve(
     match c.svc.db.upload(&id) {
         Ok(Some(u)) if u.stage == Stage::AwaitingOperator => {
             tracing::info!(upload = %id, operator = %s.operator, "operator approved in the console (93 yes)");
-            review::approve(c.svc.clone(), id.clone(), s.operator).await;
-            see_other(format!("/queue?approved={id}"))
+            match review::approve(c.svc.clone(), id.clone(), s.operator).await {
+                Ok(()) => see_other(format!("/queue?approved={id}")),
+                Err(e) => undecided("Not approved", &e),
+            }
         }
         Ok(_) => not_waiting(&id),
         Err(e) => internal(e),
@@ -474,8 +492,10 @@ async fn reject(
         Ok(Some(mut u)) if u.stage == Stage::AwaitingOperator => {
             tracing::info!(upload = %id, operator = %s.operator, "operator rejected in the console (93 no)");
             u.operator = Some(s.operator);
-            review::refuse(&c.svc, u, "ethics", Refusal::Ethics(reason.to_string())).await;
-            see_other(format!("/queue?rejected={id}"))
+            match review::refuse(&c.svc, u, "ethics", Refusal::Ethics(reason.to_string())).await {
+                Ok(()) => see_other(format!("/queue?rejected={id}")),
+                Err(e) => undecided("Not rejected", &e),
+            }
         }
         Ok(_) => not_waiting(&id),
         Err(e) => internal(e),

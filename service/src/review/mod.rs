@@ -51,9 +51,9 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
     .await;
     match pre {
         Ok(Ok(())) => {}
-        Ok(Err(f)) => return refuse(&svc, rec, "integrity", f.refusal()).await,
+        Ok(Err(f)) => return refuse_or_hold(&svc, rec, "integrity", f.refusal()).await,
         Err(e) => {
-            return refuse(
+            return refuse_or_hold(
                 &svc,
                 rec,
                 "integrity",
@@ -64,7 +64,7 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
     }
     // 91: virus check on the upload as received.
     if let Err(r) = scan(&svc, &path, "virus", "").await {
-        return refuse(&svc, rec, "virus", r).await;
+        return refuse_or_hold(&svc, rec, "virus", r).await;
     }
     rec.checks.push(("virus".into(), "clean".into()));
     // 92 and the disarm, off the async threads and under a deadline.
@@ -78,9 +78,9 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
     .await
     {
         DisarmStep::Done(o) => o,
-        DisarmStep::Refused(r) => return refuse(&svc, rec, "integrity", r).await,
+        DisarmStep::Refused(r) => return refuse_or_hold(&svc, rec, "integrity", r).await,
         DisarmStep::TimedOut(r, decoder) => {
-            refuse(&svc, rec, "integrity", r).await;
+            refuse_or_hold(&svc, rec, "integrity", r).await;
             // Keep the slot until the decoder thread ends, then sweep what it wrote.
             let _ = decoder.await;
             svc.erase_quarantined(&id);
@@ -103,7 +103,7 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
     )
     .await
     {
-        return refuse(&svc, rec, "virus", r).await;
+        return refuse_or_hold(&svc, rec, "virus", r).await;
     }
     rec.checks
         .push(("virus (stored bytes)".into(), "clean".into()));
@@ -112,7 +112,7 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
         .and_then(|()| stockade_proto::fsutil::sync_dir(&svc.quarantine_dir()))
     {
         tracing::error!(upload = %id, error = %e, "replacing the upload with its disarmed copy");
-        return refuse(
+        return refuse_or_hold(
             &svc,
             rec,
             "integrity",
@@ -129,7 +129,9 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
         rec.checks
             .push(("ethics".into(), "auto-approved by policy (lab)".into()));
         let _ = svc.db.put_upload(&rec);
-        approve(svc.clone(), id, "auto-approve policy".into()).await;
+        if let Err(e) = approve(svc.clone(), id.clone(), "auto-approve policy".into()).await {
+            tracing::error!(upload = %id, error = %e, "not approved by policy; the review re-runs at the next start");
+        }
     } else {
         rec.stage = Stage::AwaitingOperator;
         if let Err(e) = svc.db.put_upload(&rec) {
@@ -296,8 +298,36 @@ fn observe_quarantine_time(svc: &Service, rec: &UploadRecord) {
         .observe(crate::now_secs().saturating_sub(rec.created_at) as f64);
 }
 
-/// 95 → 76, 77: erase the upload and record why.
-pub async fn refuse(svc: &Service, mut rec: UploadRecord, check: &str, refusal: Refusal) {
+/// A decision that was not taken (issue 16, defect 5): the operator is told, nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum Undecided {
+    #[error("not decided: the audit trail cannot be written ({0}); nothing was changed")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("the decision is in the audit trail, but the upload record cannot be written ({0})")]
+    Record(String),
+}
+
+/// An automatic refusal that cannot be audited leaves the upload where it is, in quarantine
+/// and undecided; the next start re-runs its review.
+async fn refuse_or_hold(svc: &Service, rec: UploadRecord, check: &str, refusal: Refusal) {
+    let id = rec.id.clone();
+    if let Err(e) = refuse(svc, rec, check, refusal).await {
+        tracing::error!(upload = %id, error = %e, "upload held in quarantine undecided");
+    }
+}
+
+/// 95 → 76, 77: erase the upload and record why. The audit line is written first: a refusal
+/// that cannot be audited is not made.
+pub async fn refuse(
+    svc: &Service,
+    mut rec: UploadRecord,
+    check: &str,
+    refusal: Refusal,
+) -> Result<(), Undecided> {
+    let mut ev = audit_event(&rec, "refused");
+    ev.checks.push((check.to_string(), refusal.to_string()));
+    ev.reason = Some(refusal.to_string());
+    svc.audit.append(ev)?;
     svc.metrics
         .review_decisions
         .with_label_values(&[check, refusal.code()])
@@ -308,27 +338,28 @@ pub async fn refuse(svc: &Service, mut rec: UploadRecord, check: &str, refusal: 
         .inc();
     tracing::info!(upload = %rec.id, %check, code = refusal.code(), "upload refused (95, 76, 77)");
     observe_quarantine_time(svc, &rec);
-    let mut ev = audit_event(&rec, "refused");
-    ev.checks.push((check.to_string(), refusal.to_string()));
-    ev.reason = Some(refusal.to_string());
-    svc.audit.record(ev);
     rec.stage = Stage::Refused { refusal };
     // Record the outcome first, then erase: a crash in between leaves a refused record whose
     // file the startup sweep removes, never a file without a decision.
     if let Err(e) = svc.db.put_upload(&rec) {
         tracing::error!(error = %e, "recording refusal");
+        return Err(Undecided::Record(e.to_string()));
     }
     svc.erase_quarantined(&rec.id);
+    Ok(())
 }
 
-/// 94: approved (by the operator or policy); deliver it.
-pub async fn approve(svc: Arc<Service>, id: String, operator: String) {
+/// 94: approved (by the operator or policy); deliver it. The audit line is written first: an
+/// approval that cannot be audited is not given.
+pub async fn approve(svc: Arc<Service>, id: String, operator: String) -> Result<(), Undecided> {
     let Some(mut rec) = svc.db.upload(&id).ok().flatten() else {
-        return;
+        return Ok(());
     };
     if rec.stage != Stage::AwaitingOperator && rec.stage != Stage::Checking {
-        return;
+        return Ok(());
     }
+    rec.operator = Some(operator);
+    svc.audit.append(audit_event(&rec, "approved"))?;
     svc.metrics
         .review_decisions
         .with_label_values(&["ethics", "pass"])
@@ -336,14 +367,13 @@ pub async fn approve(svc: Arc<Service>, id: String, operator: String) {
     rec.stage = Stage::Approved {
         note: "delivering to the stock server".into(),
     };
-    rec.operator = Some(operator);
     if let Err(e) = svc.db.put_upload(&rec) {
         tracing::error!(error = %e, "recording approval");
-        return;
+        return Err(Undecided::Record(e.to_string()));
     }
     observe_quarantine_time(&svc, &rec);
-    svc.audit.record(audit_event(&rec, "approved"));
     tokio::spawn(deliver(svc, id));
+    Ok(())
 }
 
 /// 78–82, retried while the stock server is unreachable: the upload stays in quarantine,
@@ -361,7 +391,7 @@ pub async fn deliver(svc: Arc<Service>, id: String) {
             }
             Err(DeliverError::Refused(r)) => {
                 if let Some(rec) = svc.db.upload(&id).ok().flatten() {
-                    refuse(&svc, rec, "delivery", r).await;
+                    refuse_or_hold(&svc, rec, "delivery", r).await;
                 }
                 return;
             }
@@ -409,6 +439,11 @@ async fn deliver_once(svc: &Service, id: &str) -> Result<(), DeliverError> {
         (Some(_), _) => {
             let acct = crate::password::account_of(svc, &rec)
                 .ok_or_else(|| DeliverError::Refused(crate::password::refusal()))?;
+            // Issue 16, defect 1: only the owner uploads to an account (the ticket is refused
+            // to anyone else); checked again here, since this is what lets a name be replaced.
+            if acct.owner != rec.client_id {
+                return Err(DeliverError::Refused(crate::password::not_owner_upload()));
+            }
             (acct.stock_server, acct.database_key, false)
         }
         // A first upload whose account was already made (a retry after a crash or outage).
@@ -434,7 +469,7 @@ async fn deliver_once(svc: &Service, id: &str) -> Result<(), DeliverError> {
     // 78: send the decrypted, reviewed image.
     let stored = svc
         .stock
-        .store(&stock, &db_key, &rec.file_name, &path)
+        .store(&stock, &db_key, &rec.file_name, &path, Some(id), !first)
         .await?;
     // Claims 6, 14: the reduced image, made from exactly the bytes just stored. A failure to
     // keep it is retried with the delivery; an image that will not decode (it passed 92, so
@@ -450,6 +485,13 @@ async fn deliver_once(svc: &Service, id: &str) -> Result<(), DeliverError> {
             )))
         }
     }
+    // The delivery is audited before it is recorded as done; a trail that cannot be written
+    // holds it here, retried (the stock server's store of the same upload is idempotent).
+    let mut ev = audit_event(&rec, "stored");
+    ev.reason = Some(format!("delivered to {stock} (78)"));
+    svc.audit
+        .append(ev)
+        .map_err(|e| DeliverError::Retry(format!("audit trail: {e}")))?;
     let (pw_wrapped, key_wrapped) = if first {
         // 79, 80: issue the server password; 81: wrap it to the client's registered key.
         let owner_pem = svc
@@ -480,9 +522,6 @@ async fn deliver_once(svc: &Service, id: &str) -> Result<(), DeliverError> {
         account_key_wrapped: key_wrapped,
     };
     svc.db.put_upload(&rec).map_err(db_err)?;
-    let mut ev = audit_event(&rec, "stored");
-    ev.reason = Some(format!("delivered to {stock} (78)"));
-    svc.audit.record(ev);
     // 78: the quarantined copy is erased after delivery.
     svc.erase_quarantined(id);
     svc.metrics.uploads.with_label_values(&["stored"]).inc();
