@@ -32,9 +32,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Binaries (the same build the lab runs), then every rendered file at its place.
+# The daemons: from their Debian packages when vagrant-files was given them (`--debs`: the
+# package brings the unit, the system user and /etc/stockade; installed without a config it
+# stays stopped, and is started below once the rendered config is in place), else the binaries
+# (the same build the lab runs). Then every rendered file at its place.
 step=files
-install -m 0755 "$src"/bin/stockade* /usr/local/bin/
+if [ -d "$src/$host/deb" ]; then
+  for deb in "$src/$host"/deb/*.deb; do
+    step="install $(basename "$deb")"
+    dpkg -i "$deb"
+  done
+  step=files
+  # stockade-lab (the demo's direct attempts on client VMs) is not packaged.
+  install -m 0755 "$src/bin/stockade-lab" /usr/local/bin/
+else
+  install -m 0755 "$src"/bin/stockade* /usr/local/bin/
+fi
 cp -a "$src/$host/root/." /
 mkdir -p /var/log/stockade
 # The daemons' system users, from the packages' own sysusers.d entries (their state and runtime

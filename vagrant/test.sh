@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Stockade as Vagrant VMs, booted for real (vagrant-libvirt, under KVM or TCG emulation).
 #
-#   bash vagrant/test.sh [--dataplane userspace|nftables] [--keep] [--bin-dir DIR]
-#   bash vagrant/test.sh --smoke [--vm stock1] [--bin-dir DIR]
+#   bash vagrant/test.sh [--dataplane userspace|nftables] [--keep] [--bin-dir DIR] [--debs DIR]
+#   bash vagrant/test.sh --smoke [--vm stock1] [--bin-dir DIR] [--debs DIR]
+#
+# --debs DIR provisions the daemons from the Debian packages in DIR (packaging/test.sh leaves
+# them in target/debian, built from target/release: pass --bin-dir target/release with it), so
+# the VMs run the packages' own units, users and paths; without it the binaries are copied in.
 #
 # Without --smoke: every VM of topology.json (issue 14). They boot and are provisioned; the
 # monitor VM's Prometheus sees every target up; the no-bypass attempts run from every client and
@@ -37,15 +41,17 @@ repo=$(cd "$here/.." && pwd)
 mode=full
 vm=${STOCKADE_SMOKE_VM:-stock1}
 bin_dir=""
+debs=""
 dataplane=""
 keep=false
 stop_after=""
-usage="usage: test.sh [--dataplane userspace|nftables] [--keep | --stop-after STEP] [--bin-dir DIR] | test.sh --smoke [--vm NAME] [--bin-dir DIR]"
+usage="usage: test.sh [--dataplane userspace|nftables] [--keep | --stop-after STEP] [--bin-dir DIR] [--debs DIR] | test.sh --smoke [--vm NAME] [--bin-dir DIR] [--debs DIR]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) mode=smoke ;;
     --vm) vm=${2:?--vm NAME}; shift ;;
     --bin-dir) bin_dir=${2:?--bin-dir DIR}; shift ;;
+    --debs) debs=$(cd "${2:?--debs DIR}" && pwd); shift ;;
     --dataplane) dataplane=${2:?--dataplane userspace|nftables}; shift ;;
     --keep) keep=true ;;
     --stop-after) stop_after=${2:?--stop-after STEP}; keep=true; shift ;;
@@ -190,7 +196,16 @@ check_glibc() {
   libc=$(ssh -F "$work/ssh.cfg" -o LogLevel=ERROR "$1" "dpkg-query -W -f '\${Version}' libc6") ||
     fail "cannot read libc6's version"
   libc_upstream=${libc%%-*}
-  for b in "$STOCKADE_GENERATED"/bin/*; do
+  # The binaries copied in, and those inside the VMs' packages (with --debs).
+  local bins=("$STOCKADE_GENERATED"/bin/*) deb
+  rm -rf "$work/debx"
+  for deb in "$STOCKADE_GENERATED"/*/deb/*.deb; do
+    [ -e "$deb" ] || continue
+    mkdir -p "$work/debx/$(basename "$deb" .deb)"
+    dpkg-deb -x "$deb" "$work/debx/$(basename "$deb" .deb)"
+    bins+=("$work/debx/$(basename "$deb" .deb)"/usr/bin/*)
+  done
+  for b in "${bins[@]}"; do
     need=$(readelf -V --wide "$b" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
     newest=$(printf '%s\n%s\n' "$need" "$libc_upstream" | sort -V | tail -n 1)
     [ "$newest" = "$libc_upstream" ] ||
@@ -299,7 +314,7 @@ if [ -z "$bin_dir" ]; then
 fi
 lab="$bin_dir/stockade-lab"
 [ -x "$lab" ] || fail "$lab is missing (build the workspace, or pass --bin-dir)"
-"$lab" vagrant-files "$STOCKADE_GENERATED" --bin-dir "$bin_dir" ${dataplane:+--dataplane "$dataplane"} >"$work/files.log" 2>&1 ||
+"$lab" vagrant-files "$STOCKADE_GENERATED" --bin-dir "$bin_dir" ${debs:+--debs "$debs"} ${dataplane:+--dataplane "$dataplane"} >"$work/files.log" 2>&1 ||
   fail "$(tail -n 1 "$work/files.log")"
 "$lab" vagrant-check "$STOCKADE_GENERATED/topology.json" 2>&1 | sed 's/^/vagrant: /' >&2
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "the networks collide with this machine's"
@@ -389,11 +404,36 @@ esac
 # unit's seccomp filter (Seccomp: 2) and NoNewPrivileges.
 while read -r unit; do
   case "$unit" in stockade-service.service | stockade-stock.service | stockade-gateway.service) ;; *) continue ;; esac
-  want=$(awk -F= '/^User=/ {print $2}' "$STOCKADE_GENERATED/$vm/root/etc/systemd/system/$unit")
+  # The unit as systemd has it (the package's, or the one provisioning rendered).
+  want=$(on_vm "systemctl cat $unit" | awk -F= '/^User=/ {print $2}')
   got=$(on_vm "pid=\$(systemctl show -p MainPID --value $unit); ps -o user= -p \$pid; grep -E '^(Seccomp|NoNewPrivs):' /proc/\$pid/status | tr -d '\t' | tr '\n' ' '")
   [[ "$got" == "$want"*"NoNewPrivs:1"*"Seccomp:2"* ]] ||
     fail "$unit does not run as its unit says (user $want, NoNewPrivs, seccomp): $got"
   log "$vm: $unit runs as $want with NoNewPrivileges and its seccomp filter"
+done <"$STOCKADE_GENERATED/$vm/units"
+# A unit whose ExecStartPre= check fails does not start, and the journal says why (the file and
+# line of the bad key); restored, it starts again.
+while read -r unit; do
+  case "$unit" in stockade-service.service | stockade-stock.service | stockade-gateway.service) ;; *) continue ;; esac
+  file=$(on_vm "systemctl cat $unit" | awk '/^ExecStartPre=/ {print $NF}')
+  # shellcheck disable=SC2016 # the unit's own literal ${RULES}, read from gateway.env
+  if [ "$file" = '${RULES}' ]; then
+    file=$(awk -F= '/^RULES=/ {print $2}' "$STOCKADE_GENERATED/$vm/root/etc/stockade/gateway.env")
+  fi
+  [ -n "$file" ] || fail "$unit: no file in its ExecStartPre= check"
+  on_vm "sudo cp -p $file $file.smoke && echo 'no_such_key: 1' | sudo tee -a $file >/dev/null" ||
+    fail "$unit: could not break $file"
+  since=$(on_vm "date '+%Y-%m-%d %H:%M:%S'")
+  if on_vm "sudo systemctl restart $unit" 2>/dev/null; then
+    fail "$unit started with a bad $file"
+  fi
+  journal=$(on_vm "sudo journalctl -u $unit --since '$since' --no-pager -o cat")
+  if ! grep -q "no_such_key" <<<"$journal" || ! grep -q "$file" <<<"$journal"; then
+    fail "$unit: the journal does not name the bad key and $file: $(tail -n 3 <<<"$journal")"
+  fi
+  on_vm "sudo mv $file.smoke $file && sudo systemctl restart $unit && systemctl is-active --quiet $unit" ||
+    fail "$unit does not start again with its file restored"
+  log "$vm: $unit refused to start with a bad $file, said why in the journal, started once restored"
 done <"$STOCKADE_GENERATED/$vm/units"
 mem=$(on_vm "free -m | awk '/^Mem:/ {print \$3}'")
 dom="${STOCKADE_VM_PREFIX}$vm"

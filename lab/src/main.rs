@@ -102,6 +102,10 @@ enum Cmd {
         out: PathBuf,
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Provision the daemons from these Debian packages (the folder `cargo deb` wrote them
+        /// to) instead of copying binaries: the VMs then run the packages' own units.
+        #[arg(long, value_name = "DIR")]
+        debs: Option<PathBuf>,
         #[arg(long)]
         rules: Option<PathBuf>,
         /// Pass `--dataplane` to the gateway unit.
@@ -175,6 +179,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if let Cmd::VagrantFiles {
         out,
         bin_dir,
+        debs,
         rules,
         dataplane,
         manual_review,
@@ -193,6 +198,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             networks,
             out: out.clone(),
             bin_dir: bin_dir.clone(),
+            debs: debs.clone(),
             rules: rules.clone(),
             dataplane: dataplane.clone(),
             auto_approve_ethics: !manual_review,

@@ -6,6 +6,8 @@
 //! ```text
 //! DIR/topology.json             networks and VMs (NICs: network, MAC, name, address)
 //! DIR/bin/                      the stockade binaries installed on every VM
+//! DIR/<vm>/deb/<package>.deb    with `--debs`: the VM's package, which provision.sh installs
+//!                               instead of the binaries (the daemon runs the package's unit)
 //! DIR/<vm>/root/...             files copied to / on the VM (configs, PKI subset, units,
 //!                               systemd-networkd .link/.network, sysctl, nftables guard)
 //! DIR/<vm>/units                the units `vagrant/provision.sh` enables
@@ -293,10 +295,35 @@ pub fn check_rendered(topology_json: &Path) -> Result<VmNetworks, LabError> {
 pub struct VagrantOptions {
     pub out: PathBuf,
     pub bin_dir: Option<PathBuf>,
+    /// The Debian packages (`stockade-*.deb`, `stockade_*.deb`) to provision the daemons from;
+    /// `None`: the binaries are copied in and the same units rendered into /etc/systemd/system.
+    pub debs: Option<PathBuf>,
     pub rules: Option<PathBuf>,
     pub dataplane: Option<String>,
     pub auto_approve_ethics: bool,
     pub networks: VmNetworks,
+}
+
+/// The one `<package>_*.deb` in `dir` (what `cargo deb` names its output).
+fn find_deb(dir: &Path, package: &str) -> Result<PathBuf, LabError> {
+    let prefix = format!("{package}_");
+    let found: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| LabError::io(format!("reading {}", dir.display()), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(LabError::Missing(format!(
+            "exactly one {prefix}*.deb in {} (found {})",
+            dir.display(),
+            found.len()
+        ))),
+    }
 }
 
 /// Writes everything the VMs need into `opts.out`.
@@ -333,6 +360,13 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
                 "{b} not found (build the workspace, or pass --bin-dir)"
             ))
         })?;
+        if b == "stockade-service" {
+            service_bin = Some(src.clone());
+        }
+        // From packages, the VMs need only stockade-lab (the demo's probe; not packaged).
+        if opts.debs.is_some() && b != "stockade-lab" {
+            continue;
+        }
         fs::copy(&src, bin_out.join(b))
             .map_err(|e| LabError::io(format!("copying {}", src.display()), e))?;
         // The VMs need no debug info (a debug build's is hundreds of MB to sync per VM).
@@ -343,9 +377,6 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
                 bin_out.join(b).display().to_string(),
             ],
         )?;
-        if b == "stockade-service" {
-            service_bin = Some(src);
-        }
     }
     let pki = out.join("pki");
     let mut args = vec!["pki".to_string(), pki.display().to_string()];
@@ -364,6 +395,21 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
         let place = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
         let mut units: Vec<String> = vec![];
         let host = topology::host(&vm.name);
+        // The VM's own package, for provision.sh to install (each VM gets only its own files).
+        let package = match vm.role.as_str() {
+            "service" => Some("stockade-service"),
+            "stock" => Some("stockade-stock"),
+            "gateway" => Some("stockade-gateway"),
+            "client" => Some("stockade"),
+            _ => None,
+        };
+        if let (Some(dir), Some(pkg)) = (&opts.debs, package) {
+            let deb = find_deb(dir, pkg)?;
+            let deb_dir = out.join(&vm.name).join("deb");
+            mkdir(&deb_dir)?;
+            fs::copy(&deb, deb_dir.join(format!("{pkg}.deb")))
+                .map_err(|e| LabError::io(format!("copying {}", deb.display()), e))?;
+        }
         if let Some(h) = host {
             for f in render::host_files(&settings, &h)? {
                 write(&place(&f.path), &f.contents)?;
@@ -398,8 +444,12 @@ pub fn generate(opts: &VagrantOptions) -> Result<Topology, LabError> {
         let unit = |t: &render::Template, vars: &[(&str, String)]| -> Result<(), LabError> {
             write(&units_dir.join(t.file), &render::render(t, vars)?)
         };
-        // The packages' own units and system users (`package`), with the binaries in BIN_DIR.
+        // The packages' own units and system users (`package`), with the binaries in BIN_DIR;
+        // provisioned from the .deb files, the package brings them itself.
         let packaged = |d: Daemon| -> Result<(), LabError> {
+            if opts.debs.is_some() {
+                return Ok(());
+            }
             write(
                 &units_dir.join(format!("{}.service", d.name())),
                 &package::unit(d, BIN_DIR)?,

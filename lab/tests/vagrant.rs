@@ -59,6 +59,97 @@ fn render() -> (tempfile::TempDir, PathBuf) {
     (dir, vagrant)
 }
 
+/// `--debs`: each VM gets its own package only and no unit or sysusers entry of ours for the
+/// packaged daemon (the package brings them); the binaries folder holds stockade-lab alone.
+#[test]
+fn with_packages_each_vm_gets_its_own_and_no_rendered_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let debs = dir.path().join("debs");
+    std::fs::create_dir_all(&debs).unwrap();
+    for p in [
+        "stockade-service",
+        "stockade-stock",
+        "stockade-gateway",
+        "stockade",
+    ] {
+        std::fs::write(debs.join(format!("{p}_0.1.0-1_amd64.deb")), p).unwrap();
+    }
+    let g = dir.path().join("generated");
+    let out = Command::new(LAB)
+        .arg("vagrant-files")
+        .arg(&g)
+        .arg("--debs")
+        .arg(&debs)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bins: Vec<String> = std::fs::read_dir(g.join("bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(bins, ["stockade-lab"]);
+    for (vm, pkg, unit) in [
+        (
+            "service1",
+            Some("stockade-service"),
+            "stockade-service.service",
+        ),
+        ("stock1", Some("stockade-stock"), "stockade-stock.service"),
+        (
+            "gateway",
+            Some("stockade-gateway"),
+            "stockade-gateway.service",
+        ),
+        ("client1", Some("stockade"), ""),
+        ("monitor", None, ""),
+    ] {
+        let deb_dir = g.join(vm).join("deb");
+        match pkg {
+            Some(p) => {
+                let names: Vec<String> = std::fs::read_dir(&deb_dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                assert_eq!(names, [format!("{p}.deb")], "{vm}");
+                assert_eq!(std::fs::read_to_string(deb_dir.join(&names[0])).unwrap(), p);
+            }
+            None => assert!(!deb_dir.exists(), "{vm}"),
+        }
+        if !unit.is_empty() {
+            assert!(
+                !g.join(vm)
+                    .join("root/etc/systemd/system")
+                    .join(unit)
+                    .exists(),
+                "{vm}: {unit} rendered although the package brings it"
+            );
+            let units = std::fs::read_to_string(g.join(vm).join("units")).unwrap();
+            assert!(units.contains(unit), "{vm}: {units}");
+        }
+    }
+    // Two candidates for one package: refused, naming it.
+    std::fs::write(debs.join("stockade-stock_0.2.0-1_amd64.deb"), "x").unwrap();
+    let out = Command::new(LAB)
+        .arg("vagrant-files")
+        .arg(&g)
+        .arg("--debs")
+        .arg(&debs)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exactly one stockade-stock_*.deb"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn rendered_vm_files_are_consistent() {
     let (_dir, vagrant) = render();

@@ -69,6 +69,7 @@ fn prometheus_config_is_the_one_the_lab_template_renders() {
     let mgmt = |cidr: &str| topology::Mgmt::parse_cidr(cidr).unwrap();
     let bin_dir = bin("stockade-lab").parent().unwrap().to_path_buf();
     vagrant::generate(&vagrant::VagrantOptions {
+        debs: None,
         out: out.clone(),
         bin_dir: Some(bin_dir),
         rules: None,
