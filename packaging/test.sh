@@ -105,4 +105,9 @@ check_daemon stockade-stock stockade-stock /etc/stockade/stock.yaml
 check_daemon stockade-gateway stockade-gateway /etc/stockade/gateway.env /etc/stockade/rules.yaml
 msg=$(in_root dpkg -i "/debs/$(deb_of stockade)" 2>&1) || fail "stockade: dpkg -i failed: $msg"
 in_root stockade --version >/dev/null || fail "stockade: the client does not run in the chroot"
+for f in /usr/share/man/man1/stockade.1.gz /usr/share/bash-completion/completions/stockade \
+  /usr/share/zsh/vendor-completions/_stockade /usr/share/fish/vendor_completions.d/stockade.fish; do
+  [ -s "$root$f" ] || fail "stockade: $f is not installed"
+done
+echo "packaging: stockade: runs, with its manual page and bash, zsh and fish completions"
 echo "packaging: PASSED (${#debs[@]} packages)"

@@ -12,8 +12,21 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use zeroize::Zeroizing;
 
 pub async fn run(cli: Cli, passphrase_env: Option<Zeroizing<String>>) -> Result<()> {
+    // Documentation needs no home, key or service.
+    match &cli.command {
+        Command::Completions { shell } => {
+            crate::cli::completions(*shell, &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            return crate::cli::man(&mut std::io::stdout())
+                .map_err(|e| ClientError::io("writing the manual page", e));
+        }
+        _ => {}
+    }
     let settings = Settings::resolve(cli.global, passphrase_env)?;
     match cli.command {
+        Command::Completions { .. } | Command::Man => Ok(()),
         Command::Keygen { bits } => crate::account::keygen(&settings, bits),
         Command::Register => crate::account::register(&settings).await,
         Command::Upload {

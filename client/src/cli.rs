@@ -21,6 +21,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Writes `shell`'s completion script for the whole command line.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "stockade", out);
+}
+
+/// Writes the manual page, stockade(1), in roff.
+pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// The client's home directory (state and, by default, the key) [default: ~/.stockade]
@@ -116,6 +127,14 @@ pub enum Command {
         #[command(subcommand)]
         action: TemplatesCommand,
     },
+    /// Print a shell completion script (the Debian package installs bash, zsh and fish ones)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; the package installs it as stockade(1))
+    #[command(hide = true)]
+    Man,
     /// Compose a stored image into a template's slot (Fig. 12): a preview from reduced images,
     /// or the full-resolution result from what the stock server(s) push
     #[command(group(clap::ArgGroup::new("mode").required(true).args(["preview", "full"])))]
