@@ -15,6 +15,21 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Whether a root-only test can run. In CI (`CI=true`, root) one that cannot is a failure,
+/// never a silent pass; elsewhere it says SKIPPED (scripts/test.sh counts those).
+fn can_run_as_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "{test} needs root: CI runs as root"
+    );
+    println!("SKIPPED: {test}: needs root (network namespaces)");
+    false
+}
+
 /// A lab with a unique prefix; `down` on drop.
 struct Guard {
     prefix: String,
@@ -193,8 +208,7 @@ fn up_demo_status_down_nftables() {
 }
 
 fn full_story(tag: &str, plane: &str) {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces)");
+    if !can_run_as_root(&format!("up_demo_status_down_{plane}")) {
         return;
     }
     let lab = Guard::new(tag);
@@ -365,8 +379,7 @@ fn full_story(tag: &str, plane: &str) {
 
 #[test]
 fn down_after_a_killed_up_leaves_nothing() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces)");
+    if !can_run_as_root("down_after_a_killed_up_leaves_nothing") {
         return;
     }
     let lab = Guard::new("b");
@@ -411,8 +424,7 @@ fn down_after_a_killed_up_leaves_nothing() {
 
 #[test]
 fn failed_up_rolls_back() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces)");
+    if !can_run_as_root("failed_up_rolls_back") {
         return;
     }
     let lab = Guard::new("c");

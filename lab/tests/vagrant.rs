@@ -401,7 +401,7 @@ fn vagrant_scripts_are_sound() {
     } else if std::env::var("CI").as_deref() == Ok("true") {
         panic!("shellcheck is not installed: .ci/run must install it");
     } else {
-        eprintln!("shellcheck not installed (apt-get install shellcheck): skipped");
+        println!("SKIPPED: vagrant_scripts_are_sound: shellcheck is not installed (apt-get install shellcheck)");
     }
 }
 
