@@ -131,19 +131,6 @@ fn public_api_timeouts_and_fair_shares_61_74() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
 }
 
-fn noisy_png(w: u32, h: u32, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).max(1);
-    let img = image::RgbImage::from_fn(w, h, |_, _| {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
 /// Issue 16, defect 2 (131–137): a receiver that accepts the push and never reads (a zero
 /// window; its pure ACKs are what `one_way` rightly admits) holds a push no longer than
 /// `push_stall_secs`, and while it does, a second push to the same address is refused at

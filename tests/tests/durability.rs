@@ -7,20 +7,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use stockade_tests::*;
 
-/// A noisy image, so encoding and storing take a moment (a window to kill in).
-fn noisy_png(w: u32, h: u32, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).max(1);
-    let img = image::RgbImage::from_fn(w, h, |_, _| {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
 #[test]
 fn kill_9_mid_upload_loses_no_acknowledged_object() {
     let mut sys = System::start(Options {

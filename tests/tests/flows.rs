@@ -190,19 +190,6 @@ fn clamd_down_means_not_stored_91() {
     assert!(err.contains("refused: scan_unavailable"), "{err}");
 }
 
-fn noisy_png(w: u32, h: u32, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).max(1);
-    let img = image::RgbImage::from_fn(w, h, |_, _| {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
 /// Issue 16, defect 9 (91, 76, 77): against a real clamd, every way the scan cannot give a
 /// verdict is refused as `scan_unavailable` and nothing is stored: a stream over clamd's
 /// StreamMaxLength (a service misconfigured past it), a file over MaxFileSize

@@ -178,19 +178,6 @@ async fn bench_rss(key: &ClientKey, size_mib: u64) {
     );
 }
 
-fn noisy_png(w: u32, h: u32, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).max(1);
-    let img = image::RgbImage::from_fn(w, h, |_, _| {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
 fn metric(body: &str, name: &str) -> f64 {
     body.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
