@@ -168,7 +168,7 @@ async fn store(
     if !may_replace {
         let (s2, db2, name2) = (s.clone(), db.clone(), name.clone());
         if let Some(old) = blocking(move || s2.accounts.get_object(&db2, &name2)).await? {
-            if old.upload_id.is_none() || old.upload_id != upload_id {
+            if !old.yields_to(upload_id.as_deref(), may_replace) {
                 return Err(account_err(AccountError::Exists(name)));
             }
         }

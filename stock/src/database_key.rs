@@ -69,6 +69,14 @@ pub struct ObjectRecord {
     pub upload_id: Option<String>,
 }
 
+impl ObjectRecord {
+    /// Issue 16, defect 1: whether a store may file another object under this one's name:
+    /// with the owner's consent (`may_replace`), or as a retry of the same upload.
+    pub fn yields_to(&self, upload_id: Option<&str>, may_replace: bool) -> bool {
+        may_replace || (self.upload_id.is_some() && self.upload_id.as_deref() == upload_id)
+    }
+}
+
 pub struct Accounts {
     db: Database,
     master: Zeroizing<[u8; 32]>,
@@ -205,8 +213,7 @@ impl Accounts {
                 None => None,
             };
             if let Some(old) = &old {
-                let retry = old.upload_id.is_some() && old.upload_id == rec.upload_id;
-                if !may_replace && !retry {
+                if !old.yields_to(rec.upload_id.as_deref(), may_replace) {
                     // Dropping `w` without commit leaves the table as it was.
                     return Err(AccountError::Exists(name.to_string()));
                 }
