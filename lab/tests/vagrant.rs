@@ -75,14 +75,17 @@ fn with_packages_each_vm_gets_its_own_and_no_rendered_unit() {
         std::fs::write(debs.join(format!("{p}_0.1.0-1_amd64.deb")), p).unwrap();
     }
     let g = dir.path().join("generated");
-    let out = Command::new(LAB)
-        .arg("vagrant-files")
-        .arg(&g)
-        .arg("--debs")
-        .arg(&debs)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let vagrant_files = || {
+        Command::new(LAB)
+            .arg("vagrant-files")
+            .arg(&g)
+            .arg("--debs")
+            .arg(&debs)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = vagrant_files();
     assert!(
         out.status.success(),
         "{}",
@@ -134,14 +137,7 @@ fn with_packages_each_vm_gets_its_own_and_no_rendered_unit() {
     }
     // Two candidates for one package: refused, naming it.
     std::fs::write(debs.join("stockade-stock_0.2.0-1_amd64.deb"), "x").unwrap();
-    let out = Command::new(LAB)
-        .arg("vagrant-files")
-        .arg(&g)
-        .arg("--debs")
-        .arg(&debs)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = vagrant_files();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("exactly one stockade-stock_*.deb"),

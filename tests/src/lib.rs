@@ -492,6 +492,25 @@ impl Client {
         self.command().args(args).output().unwrap()
     }
 
+    /// Uploads `bytes` as `name` and waits `wait_secs` for an outcome that does not come (exit
+    /// 4: the upload is still queued, e.g. for the operator); returns the upload id.
+    pub fn upload_queued(&self, name: &str, bytes: &[u8], wait_secs: u32) -> String {
+        let file = write(&self.home, name, bytes);
+        let out = self.run(&["upload", &file, "--wait", &wait_secs.to_string()]);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "upload {name}: still queued expected: {}",
+            text(&out.stderr)
+        );
+        // "upload <id> queued for review"
+        text(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .expect("the upload id")
+            .to_string()
+    }
+
     /// Runs and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);

@@ -30,15 +30,6 @@ fn client_on(sys: &System, name: &str, ip: Ipv4Addr) -> Client {
     c
 }
 
-fn upload(c: &Client, name: &str, seed: u8) -> std::process::Output {
-    c.run(&[
-        "upload",
-        &write(&c.home, name, &png(24, 24, seed)),
-        "--wait",
-        "1",
-    ])
-}
-
 #[test]
 fn public_api_timeouts_and_fair_shares_61_74() {
     let sys = System::start(Options {
@@ -108,14 +99,13 @@ fn public_api_timeouts_and_fair_shares_61_74() {
 
     // Queued uploads (74): one waiting per source; the next from it is turned away, another
     // source still gets in, and the source's place comes back once its upload is decided.
-    let first = upload(&a, "one.png", 1);
-    assert_eq!(first.status.code(), Some(4), "{}", text(&first.stderr));
-    let id = text(&first.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
-    let out = upload(&b, "two.png", 2);
+    let id = a.upload_queued("one.png", &png(24, 24, 1), 1);
+    let out = b.run(&[
+        "upload",
+        &write(&b.home, "two.png", &png(24, 24, 2)),
+        "--wait",
+        "1",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("busy") && text(&out.stderr).contains("from"),
@@ -123,12 +113,10 @@ fn public_api_timeouts_and_fair_shares_61_74() {
         text(&out.stderr)
     );
     let other = sys.client("other");
-    let out = upload(&other, "three.png", 3);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    other.upload_queued("three.png", &png(24, 24, 3), 1);
     let r = sys.review(&["reject", &id, "--reason", "not this one"]);
     assert!(r.status.success(), "{}", text(&r.stderr));
-    let out = upload(&b, "two.png", 2);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    b.upload_queued("two.png", &png(24, 24, 2), 1);
 }
 
 /// Issue 16, defect 2 (131–137): a receiver that accepts the push and never reads (a zero

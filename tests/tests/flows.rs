@@ -245,15 +245,8 @@ fn operator_review_93_approve_and_reject_with_reason() {
     });
     let c1 = sys.client("c1");
     let img = png(50, 50, 11);
-    let out = c1.run(&["upload", &write(&c1.home, "ok.png", &img), "--wait", "2"]);
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "waits for the operator: {}",
-        text(&out.stderr)
-    );
-    let so = text(&out.stdout);
-    let id = so.split_whitespace().nth(1).unwrap().to_string();
+    // It waits for the operator.
+    let id = c1.upload_queued("ok.png", &img, 2);
     // The operator sees it with each check's result.
     let list = sys.review(&["list"]);
     assert!(list.status.success(), "{}", text(&list.stderr));
@@ -273,17 +266,7 @@ fn operator_review_93_approve_and_reject_with_reason() {
     assert!(out.contains("stored ok.png"), "{out}");
 
     // 93 no: the operator's reason reaches the client (77, 64, 65).
-    let out = c1.run(&[
-        "upload",
-        &write(&c1.home, "bad.png", &png(20, 20, 12)),
-        "--wait",
-        "1",
-    ]);
-    let id2 = text(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let id2 = c1.upload_queued("bad.png", &png(20, 20, 12), 1);
     let r = sys.review(&["reject", &id2, "--reason", "offensive content"]);
     assert!(r.status.success(), "{}", text(&r.stderr));
     let out = c1.run(&["status", &id2, "--wait", "10"]);
@@ -379,18 +362,7 @@ fn unauditable_decision_is_not_taken_93() {
         ..Options::default()
     });
     let c1 = sys.client("c1");
-    let out = c1.run(&[
-        "upload",
-        &write(&c1.home, "ok.png", &png(30, 30, 5)),
-        "--wait",
-        "2",
-    ]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
-    let id = text(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let id = c1.upload_queued("ok.png", &png(30, 30, 5), 2);
     let filler = disk.fill();
     for args in [
         vec!["approve", id.as_str(), "--operator", "alice"],
@@ -428,18 +400,7 @@ fn stock_server_down_keeps_upload_queued_then_delivers() {
     });
     let c1 = sys.client("c1");
     sys.stocks[0].terminate();
-    let out = c1.run(&[
-        "upload",
-        &write(&c1.home, "later.png", &png(30, 30, 5)),
-        "--wait",
-        "3",
-    ]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
-    let id = text(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let id = c1.upload_queued("later.png", &png(30, 30, 5), 3);
     let status = c1.run(&["status", &id, "--wait", "0"]);
     let all = format!("{}{}", text(&status.stdout), text(&status.stderr));
     assert!(
