@@ -135,6 +135,8 @@ struct Peer {
     init: bool,
     /// Highest sequence number sent + 1.
     seqlo: u32,
+    /// The sequence number of this end's first data byte (after its SYN).
+    first: u32,
     /// Highest sequence number the other end's window allows this end to send.
     seqhi: u32,
     /// Largest window this end advertised (in its own scaled units).
@@ -236,10 +238,10 @@ const MAXACKWINDOW: u32 = 0xffff + 1500;
 /// The `loose` window: segments within ±1 GiB of the tracked sequence are accepted.
 const LOOSE_WINDOW: u32 = 1 << 30;
 
-fn seq_geq(a: u32, b: u32) -> bool {
+pub(crate) fn seq_geq(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) >= 0
 }
-fn seq_gt(a: u32, b: u32) -> bool {
+pub(crate) fn seq_gt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
 }
 
@@ -366,6 +368,7 @@ impl ConnTable {
                     .wrapping_add(u32::from(t.flags.syn()))
                     .wrapping_add(u32::from(t.flags.fin()));
                 o.seqlo = end;
+                o.first = t.seq.wrapping_add(u32::from(t.flags.syn()));
                 o.seqhi = end.wrapping_add(1);
                 o.state = TcpPeerState::SynSent;
                 FlowState::TcpOpening
@@ -467,6 +470,15 @@ impl ConnTable {
         f.last_seen = now;
         f.packets[usize::from(!from_orig)] += 1;
         Ok(())
+    }
+
+    /// The sequence range `[first, next)` that one end of a TCP flow has sent (the originator's
+    /// when `orig`), once a packet from it has been seen: what the other end may acknowledge
+    /// or select (SACK).
+    pub fn sent(&self, id: FlowId, orig: bool) -> Option<(u32, u32)> {
+        let f = self.slots.get(id.0 as usize)?.as_ref()?;
+        let p = &f.peers[usize::from(!orig)];
+        p.init.then_some((p.first, p.seqlo))
     }
 
     /// Note a related packet (e.g. an ICMP error about the flow) without changing its state.
@@ -691,6 +703,11 @@ fn tcp_track(
         }
         src.init = true;
         src.seqlo = seq;
+        src.first = if flags.syn() {
+            seq.wrapping_add(1)
+        } else {
+            seq
+        };
         if src.state < TcpPeerState::SynSent {
             src.state = TcpPeerState::SynSent;
         }

@@ -385,8 +385,13 @@ fn decide_ip(
             if pkt.port != expected_port {
                 return Verdict::drop(dir, DropReason::Spoofed, None);
             }
-            // Claim 1: on a one-way (push) connection the outside side sends no data.
-            if hit.one_way && pkt.port == Port::Outside && ip.payload_len > 0 {
+            // Claim 1: on a one-way (push) connection the outside side sends nothing but
+            // acknowledgments (`one_way::admits`: no data, options, urgent data or extra IP
+            // headers that could carry any).
+            if hit.one_way
+                && pkt.port == Port::Outside
+                && !crate::one_way::admits(ip, table.sent(hit.id, !hit.from_orig))
+            {
                 return Verdict::drop(dir, DropReason::OneWay, Some(hit.rule));
             }
             return match table.track(hit.id, hit.from_orig, ip, settings.tcp_window, now) {

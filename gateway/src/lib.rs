@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod explain;
 pub mod metrics;
 pub mod nft;
+pub mod one_way;
 pub mod packet;
 pub mod reload;
 pub mod rules;

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{Direction, DropReason};
 
+pub mod options;
+pub use options::{OptionLayout, SackBlocks};
+
 /// IP protocol numbers the core knows by name.
 pub mod proto {
     /// ICMP for IPv4.
@@ -230,6 +233,12 @@ pub struct TcpInfo {
     pub flags: TcpFlags,
     /// Window scale option (SYN segments only), clamped to 14 as RFC 7323 says.
     pub wscale: Option<u8>,
+    /// Urgent pointer (meaningful with URG, but carried either way).
+    pub urgent: u16,
+    /// Bytes of options (4 x (data offset - 5)).
+    pub options_len: u8,
+    /// Their layout.
+    pub layout: OptionLayout,
 }
 
 /// The UDP ports.
@@ -323,6 +332,8 @@ pub struct IpPacket {
     pub fragment: bool,
     /// IPv4 header and L4 checksums are correct (true where there is nothing to check).
     pub checksum_ok: bool,
+    /// IPv4 options or IPv6 extension headers are present.
+    pub header_extras: bool,
     /// Transport fields.
     pub l4: L4,
     /// Bytes of application payload (TCP/UDP data, ICMP data after the 8-byte header,
@@ -474,6 +485,10 @@ fn parse_ip(p: &[u8], ether_type: u16) -> Result<IpPacket, DropReason> {
         proto,
         fragment: pl.fragmented,
         checksum_ok: header_ok,
+        header_extras: match &ip {
+            IpSlice::Ipv4(v4) => v4.header().ihl() > 5,
+            IpSlice::Ipv6(v6) => !v6.extensions().is_empty(),
+        },
         l4: L4::Other,
         payload_len: data.len(),
     };
@@ -515,6 +530,9 @@ fn parse_ip(p: &[u8], ether_type: u16) -> Result<IpPacket, DropReason> {
                 window: tcp.window_size(),
                 flags: TcpFlags(flags),
                 wscale,
+                urgent: tcp.urgent_pointer(),
+                options_len: tcp.options().len() as u8,
+                layout: options::classify(tcp.options()),
             });
             pkt.payload_len = tcp.payload().len();
             pkt.checksum_ok &= pseudo(data.len()).add_slice(data).ones_complement() == 0;

@@ -204,6 +204,77 @@ pub fn frame(src: Endpoint, dst: Endpoint, seg: &Segment) -> Result<Vec<u8>, Str
     Ok(out)
 }
 
+/// Changes to a TCP frame built by [`frame`]: header features it does not take (the one_way
+/// tests' frames, claim 1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcpEdit {
+    /// Raw option bytes (a multiple of 4, at most 40) in place of the segment's options.
+    pub options: Option<Vec<u8>>,
+    /// Set URG, with this urgent pointer.
+    pub urgent: Option<u16>,
+    /// Add IPv4 options (a router alert, RFC 2113) or an IPv6 hop-by-hop header (two bytes of
+    /// padding options).
+    pub ip_extras: bool,
+}
+
+/// Applies `edit` to a TCP frame: the lengths and the checksums are made right again.
+pub fn edit_tcp(frame: &[u8], edit: &TcpEdit) -> Result<Vec<u8>, String> {
+    use etherparse::{IpNumber, NetHeaders, PacketHeaders, TransportHeader};
+    let h = PacketHeaders::from_ethernet_slice(frame).map_err(|e| e.to_string())?;
+    let payload = h.payload.slice();
+    let (
+        Some(etherparse::LinkHeader::Ethernet2(eth)),
+        Some(net),
+        Some(TransportHeader::Tcp(mut tcp)),
+    ) = (h.link, h.net, h.transport)
+    else {
+        return Err("not an Ethernet TCP frame".into());
+    };
+    if let Some(o) = &edit.options {
+        tcp.set_options_raw(o).map_err(|e| e.to_string())?;
+    }
+    if let Some(u) = edit.urgent {
+        tcp.urg = true;
+        tcp.urgent_pointer = u;
+    }
+    let mut out = eth.to_bytes().to_vec();
+    let err = |e: etherparse::err::ValueTooBigError<usize>| e.to_string();
+    let seg_len = tcp.header_len() + payload.len();
+    match net {
+        NetHeaders::Ipv4(mut ip, _) => {
+            if edit.ip_extras {
+                ip.options = [0x94, 0x04, 0x00, 0x00].into();
+            }
+            ip.set_payload_len(seg_len).map_err(err)?;
+            ip.header_checksum = ip.calc_header_checksum();
+            tcp.checksum = tcp
+                .calc_checksum_ipv4(&ip, payload)
+                .map_err(|e| e.to_string())?;
+            out.extend_from_slice(&ip.to_bytes());
+        }
+        NetHeaders::Ipv6(mut ip, mut exts) => {
+            if edit.ip_extras {
+                exts.hop_by_hop_options = Some(
+                    etherparse::Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[1, 4, 0, 0, 0, 0])
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            ip.next_header = exts.set_next_headers(IpNumber::TCP);
+            ip.set_payload_length(exts.header_len() + seg_len)
+                .map_err(err)?;
+            tcp.checksum = tcp
+                .calc_checksum_ipv6(&ip, payload)
+                .map_err(|e| e.to_string())?;
+            out.extend_from_slice(&ip.to_bytes());
+            exts.write(&mut out, ip.next_header)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    out.extend_from_slice(&tcp.to_bytes());
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
 /// An ARP request or reply frame (Ethernet/IPv4), built by hand: etherparse 0.16 has no ARP.
 pub fn arp(
     operation: u16,

@@ -149,6 +149,24 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mjson = serde_json::to_vec(manifest).expect("manifest serialises");
+    let mut prefix = (mjson.len() as u32).to_be_bytes().to_vec();
+    prefix.extend_from_slice(&mjson);
+    seal_plaintext(service_public, (&prefix[..]).chain(image), out).await
+}
+
+/// Seals a plaintext that need not hold a valid manifest: `seal_upload`'s second half, public
+/// for the fuzz target, which reaches the manifest parser behind the AEAD this way.
+#[doc(hidden)]
+pub async fn seal_plaintext<R, W>(
+    service_public: &[u8; 32],
+    plaintext: R,
+    out: &mut W,
+) -> Result<u64, EnvelopeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let pk = <Kem as KemTrait>::PublicKey::from_bytes(service_public)
         .map_err(|_| EnvelopeError::Open)?;
     let (enc, ctx) =
@@ -160,9 +178,6 @@ where
     out.write_all(MAGIC).await?;
     out.write_all(&[VERSION]).await?;
     out.write_all(&enc.to_bytes()).await?;
-    let mjson = serde_json::to_vec(manifest).expect("manifest serialises");
-    let mut prefix = (mjson.len() as u32).to_be_bytes().to_vec();
-    prefix.extend_from_slice(&mjson);
     use rand::RngCore;
     let mut object_id = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut object_id);
@@ -170,7 +185,7 @@ where
         object_id,
         chunk_size: chunked::DEFAULT_CHUNK_SIZE,
     };
-    let n = chunked::seal_stream(&data_key, header, (&prefix[..]).chain(image), out).await?;
+    let n = chunked::seal_stream(&data_key, header, plaintext, out).await?;
     Ok(n)
 }
 

@@ -48,15 +48,21 @@ pub struct PushHeader {
 
 /// The bytes the stock server writes before the object.
 pub fn encode_preamble(header: &PushHeader, key: &crate::server_key::ServerSigningKey) -> Vec<u8> {
-    let json = serde_json::to_vec(header).expect("header serialises");
+    encode_raw_preamble(&serde_json::to_vec(header).expect("header serialises"), key)
+}
+
+/// A preamble around header bytes that need not be a valid header: for the fuzz target, which
+/// signs what it is given so that the header parser behind the signature check is reached.
+#[doc(hidden)]
+pub fn encode_raw_preamble(json: &[u8], key: &crate::server_key::ServerSigningKey) -> Vec<u8> {
     let mut msg = DOMAIN.to_vec();
-    msg.extend_from_slice(&json);
+    msg.extend_from_slice(json);
     let sig = key.sign(&msg);
     let mut out = Vec::with_capacity(9 + json.len() + 64);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&(json.len() as u32).to_be_bytes());
-    out.extend_from_slice(&json);
+    out.extend_from_slice(json);
     out.extend_from_slice(&sig);
     out
 }

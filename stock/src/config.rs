@@ -76,7 +76,14 @@ fn default_push_port() -> u16 {
 
 impl StockConfig {
     pub fn load(path: &Path) -> Result<Self, stockade_proto::config::ConfigError> {
-        let mut c: Self = stockade_proto::config::load_yaml(path)?;
+        let text = stockade_proto::config::read(path)?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks config `text`; `path` names the file in errors and anchors relative
+    /// paths. Reads nothing, so it is also the fuzz target's entry.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, stockade_proto::config::ConfigError> {
+        let mut c: Self = stockade_proto::config::parse_yaml(path, text)?;
         // Relative paths are relative to the config file, so a config directory can move.
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [

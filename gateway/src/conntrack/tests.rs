@@ -579,6 +579,7 @@ fn tcp_pkt(
         proto: proto::TCP,
         fragment: false,
         checksum_ok: true,
+        header_extras: false,
         l4: L4::Tcp(crate::packet::TcpInfo {
             src_port: sp,
             dst_port: dp,
@@ -587,6 +588,9 @@ fn tcp_pkt(
             window,
             flags: TcpFlags(flags | if ack.is_some() { TcpFlags::ACK } else { 0 }),
             wscale,
+            urgent: 0,
+            options_len: 0,
+            layout: Default::default(),
         }),
         payload_len: len as usize,
     }

@@ -1047,3 +1047,119 @@ fn decide_does_not_scan_rules_linearly_for_each_prefix() {
     );
     assert_eq!(w.rule(&v), Some("service-to-stock"));
 }
+
+/// The client's side of a push, frame by frame, with `edit` applied to its one segment.
+fn push_with(edit: &crate::synth::TcpEdit, v6: bool, syn: bool) -> Verdict {
+    let mut w = Wire::lab();
+    let (stk, c1) = if v6 {
+        (host6(STOCK), host6(CLIENT1))
+    } else {
+        (host(STOCK), host(CLIENT1))
+    };
+    let mut frame = |port, src, dst, seg: Segment, e: Option<&crate::synth::TcpEdit>| {
+        let f = crate::synth::frame(src, dst, &seg).unwrap();
+        let f = match e {
+            Some(e) => crate::synth::edit_tcp(&f, e).unwrap(),
+            None => f,
+        };
+        w.frame(port, &f)
+    };
+    assert!(frame(Inside, stk, c1, Segment::syn(45000, 7137, 10), None).is_forward());
+    let e = syn.then_some(edit);
+    let v = frame(Outside, c1, stk, syn_ack(7137, 45000, 70, 11), e);
+    if syn {
+        return v;
+    }
+    assert!(v.is_forward());
+    assert!(frame(
+        Inside,
+        stk,
+        c1,
+        Segment::tcp(45000, 7137, 11, 71, 0, 1000),
+        None
+    )
+    .is_forward());
+    frame(
+        Outside,
+        c1,
+        stk,
+        Segment::tcp(7137, 45000, 71, 1011, 0, 0),
+        Some(edit),
+    )
+}
+
+#[test]
+fn one_way_push_is_exact_claim_1_137() {
+    use crate::synth::TcpEdit;
+    let opts = |o: &[u8]| TcpEdit {
+        options: Some(o.to_vec()),
+        ..Default::default()
+    };
+    let ts = [1, 1, 8, 10, 0, 0, 0, 5, 0, 0, 0, 9];
+    // SACK blocks inside what the stock server sent (bytes 11..1011), after a timestamp.
+    let sack = |l: u32, r: u32| {
+        let mut o = ts.to_vec();
+        o.extend([1, 1, 5, 10]);
+        o.extend(l.to_be_bytes());
+        o.extend(r.to_be_bytes());
+        o
+    };
+    let syn_opts = [
+        2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+    ];
+    for v6 in [false, true] {
+        let ok = |e: &TcpEdit, syn: bool| {
+            let v = push_with(e, v6, syn);
+            assert!(v.is_forward(), "{e:?} (SYN-ACK: {syn}, v6: {v6}): {v:?}");
+        };
+        let bad = |e: &TcpEdit, syn: bool| {
+            let v = push_with(e, v6, syn);
+            assert_eq!(
+                v.reason,
+                Some(DropReason::OneWay),
+                "{e:?} (SYN-ACK: {syn}, v6: {v6})"
+            );
+        };
+        // The SYN-ACK: MSS, SACK-permitted, timestamp, window scale: 20 bytes.
+        ok(&opts(&syn_opts), true);
+        bad(&opts(&ts.repeat(2)), true); // 24 bytes: two timestamps
+                                         // Later: nothing, a timestamp, SACK blocks inside the sent range.
+        ok(&TcpEdit::default(), false);
+        ok(&opts(&ts), false);
+        ok(&opts(&sack(500, 700)), false);
+        ok(&opts(&[1, 1, 5, 10, 0, 0, 0, 11, 0, 0, 3, 0xf3]), false); // 11..1011, no timestamp
+                                                                      // Refused: MSS or window scale after the handshake, a padded or reordered timestamp,
+                                                                      // unknown kinds, SACK blocks outside the sent range or inverted.
+        bad(&opts(&[2, 4, 5, 180]), false);
+        bad(&opts(&[1, 3, 3, 7]), false);
+        bad(&opts(&[8, 10, 0, 0, 0, 5, 0, 0, 0, 9, 1, 1]), false);
+        bad(&opts(&[1, 1, 253, 6, 0xde, 0xad, 0xbe, 0xef]), false);
+        bad(&opts(&sack(500, 1012)), false); // beyond the stock server's last byte
+        bad(&opts(&sack(5, 700)), false); // before its first
+        bad(&opts(&sack(700, 500)), false);
+        // URG and the urgent pointer; IPv4 options and IPv6 extension headers.
+        for syn in [true, false] {
+            bad(
+                &TcpEdit {
+                    urgent: Some(0),
+                    ..Default::default()
+                },
+                syn,
+            );
+            bad(
+                &TcpEdit {
+                    urgent: Some(9),
+                    ..Default::default()
+                },
+                syn,
+            );
+            bad(
+                &TcpEdit {
+                    ip_extras: true,
+                    ..Default::default()
+                },
+                syn,
+            );
+        }
+    }
+}

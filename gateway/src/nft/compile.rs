@@ -33,8 +33,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{
-    BinaryOperation, Expression, Exthdr, Meta, MetaKey, NamedExpression, Payload, PayloadField,
-    Prefix, Range, SetItem, Verdict, CT,
+    BinaryOperation, Expression, Exthdr, Meta, MetaKey, NamedExpression, Payload, PayloadBase,
+    PayloadField, PayloadRaw, Prefix, Range, SetItem, Verdict, CT,
 };
 use nftables::schema::{
     Chain, Counter as CounterObj, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag,
@@ -463,6 +463,65 @@ pub struct Compiled {
     pub nft_rules: usize,
 }
 
+/// Claim 1 in the TCP header, as `one_way::admits` has it: no URG, a zero urgent pointer, at
+/// most 20 option bytes on a SYN, and after it only the exact option layouts (none,
+/// `NOP NOP TS`, SACK blocks after `NOP NOP TS` or not), told apart by the data offset and the
+/// bytes at fixed offsets, since nft cannot walk an option list. Where the SACK blocks may lie
+/// is conntrack's to check (the highest right edge against what the stock server sent).
+fn one_way_tcp_header(inet: &mut TablePlan, chain: &str, ow: &Statement<'static>) {
+    use crate::one_way::SYN_OPTIONS_MAX;
+    use crate::packet::options::{sack_prefix, TS_PREFIX};
+    let tcp = || eq(meta(MetaKey::L4proto), s("tcp"));
+    let syn = |set: bool| {
+        let f = and(payload("tcp", "flags"), 0x02);
+        if set {
+            ne(f, n(0))
+        } else {
+            eq(f, n(0))
+        }
+    };
+    let drop_when = |inet: &mut TablePlan, mut cond: Vec<Statement<'static>>| {
+        cond.extend([ow.clone(), drop_()]);
+        inet.rule(chain, cond);
+    };
+    drop_when(
+        inet,
+        vec![tcp(), ne(and(payload("tcp", "flags"), 0x20), n(0))],
+    );
+    drop_when(inet, vec![tcp(), ne(payload("tcp", "urgptr"), n(0))]);
+    drop_when(
+        inet,
+        vec![
+            tcp(),
+            syn(true),
+            m(
+                payload("tcp", "doff"),
+                Operator::GT,
+                n(5 + u32::from(SYN_OPTIONS_MAX) / 4),
+            ),
+        ],
+    );
+    // After the SYN, by data offset: the first option word, and with a timestamp ahead of
+    // SACK blocks, the word after the timestamp (bit 256 = byte 32).
+    let first = || th_bits(160, 32);
+    for doff in 6..=15u32 {
+        let mut rules: Vec<Statement<'static>> = Vec::new();
+        let at = |doff: u32| vec![tcp(), syn(false), eq(payload("tcp", "doff"), n(doff))];
+        match doff {
+            8 => rules.push(ne(first(), anon(vec![n(TS_PREFIX), n(sack_prefix(1))]))),
+            10 | 12 | 14 => rules.push(ne(first(), n(sack_prefix((doff - 8) / 2 + 1)))),
+            11 | 13 | 15 => {
+                drop_when(inet, [at(doff), vec![ne(first(), n(TS_PREFIX))]].concat());
+                rules.push(ne(th_bits(256, 32), n(sack_prefix((doff - 9) / 2))));
+            }
+            _ => {} // 6, 7, 9: no layout of that length
+        }
+        let mut cond = at(doff);
+        cond.extend(rules);
+        drop_when(inet, cond);
+    }
+}
+
 /// Small constructors that keep the rule code readable.
 fn s(v: impl Into<String>) -> Expression<'static> {
     Expression::String(Cow::Owned(v.into()))
@@ -487,6 +546,14 @@ fn payload(proto: &str, field: &str) -> Expression<'static> {
             field: field.to_string().into(),
         },
     )))
+}
+/// `@th,offset,len`: raw bits of the transport header.
+fn th_bits(offset: u32, len: u32) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(PayloadRaw {
+        base: PayloadBase::TH,
+        offset,
+        len,
+    })))
 }
 fn and(l: Expression<'static>, r: u32) -> Expression<'static> {
     Expression::BinaryOperation(Box::new(BinaryOperation::AND(l, n(r))))
@@ -1145,16 +1212,20 @@ pub fn compile(file: &RulesFile, rules: &Ruleset, ids: &[u32], ports: &PortNames
                         drop_(),
                     ],
                 );
-                inet.rule(
-                    &chain,
-                    vec![
-                        eq(meta(MetaKey::Nfproto), s("ipv6")),
-                        eq(meta(MetaKey::L4proto), s("tcp")),
-                        ne(payload("ip6", "nexthdr"), s("tcp")),
-                        ow.clone(),
-                        drop_(),
-                    ],
-                );
+                // IPv6 extension headers: the transport is not the first next header.
+                for l4 in ["tcp", "udp"] {
+                    inet.rule(
+                        &chain,
+                        vec![
+                            eq(meta(MetaKey::Nfproto), s("ipv6")),
+                            eq(meta(MetaKey::L4proto), s(l4)),
+                            ne(payload("ip6", "nexthdr"), s(l4)),
+                            ow.clone(),
+                            drop_(),
+                        ],
+                    );
+                }
+                one_way_tcp_header(&mut inet, &chain, &ow);
                 for doff in 5..=15u32 {
                     inet.rule(
                         &chain,
