@@ -210,8 +210,10 @@ pub fn frame(src: Endpoint, dst: Endpoint, seg: &Segment) -> Result<Vec<u8>, Str
 pub struct TcpEdit {
     /// Raw option bytes (a multiple of 4, at most 40) in place of the segment's options.
     pub options: Option<Vec<u8>>,
-    /// Set URG, with this urgent pointer.
-    pub urgent: Option<u16>,
+    /// Set the URG flag.
+    pub urg: bool,
+    /// The urgent pointer (with or without URG).
+    pub urgent_pointer: u16,
     /// Add IPv4 options (a router alert, RFC 2113) or an IPv6 hop-by-hop header (two bytes of
     /// padding options).
     pub ip_extras: bool,
@@ -233,9 +235,9 @@ pub fn edit_tcp(frame: &[u8], edit: &TcpEdit) -> Result<Vec<u8>, String> {
     if let Some(o) = &edit.options {
         tcp.set_options_raw(o).map_err(|e| e.to_string())?;
     }
-    if let Some(u) = edit.urgent {
-        tcp.urg = true;
-        tcp.urgent_pointer = u;
+    tcp.urg |= edit.urg;
+    if edit.urgent_pointer != 0 {
+        tcp.urgent_pointer = edit.urgent_pointer;
     }
     let mut out = eth.to_bytes().to_vec();
     let err = |e: etherparse::err::ValueTooBigError<usize>| e.to_string();

@@ -55,7 +55,7 @@ use stockade_gateway::conntrack::ConnTable;
 use stockade_gateway::core::{decide_frame, Action, DropReason, Verdict};
 use stockade_gateway::packet::{MacAddr, Port, TcpFlags};
 use stockade_gateway::rules::Ruleset;
-use stockade_gateway::synth::{self, Endpoint, Segment};
+use stockade_gateway::synth::{self, Endpoint, Segment, TcpEdit};
 
 /// What identifies one frame on the wire: source address, protocol, and the frame's tag (IPv4
 /// identification or IPv6 flow label).
@@ -201,6 +201,8 @@ struct Wire {
     src: Endpoint,
     dst: Endpoint,
     seg: Segment,
+    /// Header features the builder does not take (options, URG, IP options).
+    edit: Option<TcpEdit>,
     what: String,
 }
 
@@ -289,6 +291,9 @@ impl Gen<'_> {
         assert_ne!(w.from_ns, w.to_ns, "a host sees its own frames: {}", w.what);
         let tag = self.out.len() as u32 + 1;
         let mut frame = synth::frame(w.src, w.dst, &w.seg).expect("synthetic frame");
+        if let Some(e) = &w.edit {
+            frame = synth::edit_tcp(&frame, e).expect("edited frame");
+        }
         set_tag(&mut frame, tag);
         let (verdict, _) = decide_frame(self.now, self.rules, &frame, w.port, &mut self.table);
         let v6 = w.src.ip.is_ipv6();
@@ -305,8 +310,12 @@ impl Gen<'_> {
             frame,
             key: (w.src.ip, proto, tag),
             what: format!(
-                "tag {tag}: {} ({} -> {}) {:?}",
-                w.what, w.src.ip, w.dst.ip, w.seg
+                "tag {tag}: {} ({} -> {}) {:?}{}",
+                w.what,
+                w.src.ip,
+                w.dst.ip,
+                w.seg,
+                w.edit.map(|e| format!(" {e:?}")).unwrap_or_default()
             ),
             class,
             conv,
@@ -407,6 +416,7 @@ fn new_flow_probes(n: u16) -> Vec<Wire> {
             src,
             dst,
             seg,
+            edit: None,
             what: format!("probe #{i} {label}"),
         });
     }
@@ -460,7 +470,64 @@ enum Act {
         by: usize,
         delta: u32,
     },
+    /// The client (end 1) of a one_way push sends a payload-free segment shaped to carry
+    /// something else (issue 17): `SynAck` shapes replace its SYN-ACK (a clean one follows).
+    Shaped {
+        shape: Shape,
+    },
 }
+
+/// What a client might hide in a payload-free segment of a one_way push, and what it may
+/// legitimately send (claim 1, `one_way::admits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// URG with an urgent pointer (dropped).
+    Urgent,
+    /// An urgent pointer without URG (dropped).
+    UrgentPointer,
+    /// IPv4 options / an IPv6 hop-by-hop header (dropped).
+    IpExtras,
+    /// NOP NOP TS (forwarded).
+    Timestamp,
+    /// NOP NOP TS NOP NOP SACK with one block inside what the stock server sent (forwarded).
+    SackInside,
+    /// The same with the block's right edge beyond it (dropped: the core by the range, the
+    /// kernel by conntrack's window check).
+    SackBeyond,
+    /// MSS after the handshake (dropped).
+    Mss,
+    /// A timestamp after padding, not before (dropped: not an exact layout).
+    TimestampPadded,
+    /// A SYN-ACK with 24 option bytes (dropped), then a clean one.
+    SynAckLong,
+    /// A SYN-ACK with IP options or a hop-by-hop header (dropped), then a clean one.
+    SynAckIpExtras,
+}
+
+const SHAPES: [Shape; 10] = [
+    Shape::Urgent,
+    Shape::UrgentPointer,
+    Shape::IpExtras,
+    Shape::Timestamp,
+    Shape::SackInside,
+    Shape::SackBeyond,
+    Shape::Mss,
+    Shape::TimestampPadded,
+    Shape::SynAckLong,
+    Shape::SynAckIpExtras,
+];
+
+/// SACK-permitted (and window scaling) on a push's SYN and SYN-ACK, so that the kernel's
+/// conntrack checks SACK blocks as the core does.
+fn syn_options(wscale: Option<u8>) -> Vec<u8> {
+    let mut o = vec![4, 2, 1, 1];
+    if let Some(s) = wscale {
+        o.extend([1, 3, 3, s]);
+    }
+    o
+}
+
+const TS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 5, 0, 0, 0, 9];
 
 fn tcp(by: usize, flags: u8, payload: usize) -> Act {
     Act::Tcp { by, flags, payload }
@@ -481,6 +548,10 @@ struct Conv {
     acts: VecDeque<Act>,
     snd: [u32; 2],
     rcv: [u32; 2],
+    /// Each end's initial sequence number.
+    isn: [u32; 2],
+    /// SYNs offer SACK (the one_way pushes).
+    sack_perm: bool,
     echo_seq: u16,
     opened: bool,
 }
@@ -497,6 +568,8 @@ impl Conv {
             // As if each end had seen the other's SYN (for the ones that never did, what they
             // acknowledge does not matter: no flow exists).
             rcv: [isn[1].wrapping_add(1), isn[0].wrapping_add(1)],
+            isn,
+            sack_perm: false,
             echo_seq: 1,
             opened: false,
         }
@@ -581,12 +654,79 @@ impl Conv {
         }
     }
 
+    /// The options of end `by`'s SYN when the conversation offers SACK.
+    fn syn_edit(&self, by: usize) -> Option<TcpEdit> {
+        let Flow::Tcp { wscale, .. } = self.flow else {
+            return None;
+        };
+        self.sack_perm.then(|| TcpEdit {
+            options: Some(syn_options(wscale[by])),
+            ..Default::default()
+        })
+    }
+
+    /// The client's (end 1's) segment for `shape`, with its edit.
+    fn shaped(&self, shape: Shape) -> (Segment, TcpEdit) {
+        let synack = matches!(shape, Shape::SynAckLong | Shape::SynAckIpExtras);
+        let flags = if synack { SYN | ACK } else { ACK };
+        let (seg, _) = self.segment(1, tcp(1, flags, 0));
+        let mut e = self.syn_edit(1).filter(|_| synack).unwrap_or_default();
+        // What the stock server (end 0) has sent: [first, next).
+        let (first, next) = (self.isn[0].wrapping_add(1), self.snd[0]);
+        let sack = |right: u32| {
+            let mut o = TS.to_vec();
+            o.extend([1, 1, 5, 10]);
+            o.extend(first.to_be_bytes());
+            o.extend(right.to_be_bytes());
+            o
+        };
+        match shape {
+            Shape::Urgent => e.urg = true,
+            Shape::UrgentPointer => e.urgent_pointer = 7,
+            Shape::IpExtras | Shape::SynAckIpExtras => e.ip_extras = true,
+            Shape::Timestamp => e.options = Some(TS.to_vec()),
+            // Only once data was sent: an empty block is refused by the core, not the kernel.
+            Shape::SackInside if next != first => e.options = Some(sack(next)),
+            Shape::SackInside => e.options = Some(TS.to_vec()),
+            Shape::SackBeyond => e.options = Some(sack(next.wrapping_add(5000))),
+            Shape::Mss => e.options = Some(vec![2, 4, 5, 180]),
+            Shape::TimestampPadded => e.options = Some(vec![8, 10, 0, 0, 0, 5, 0, 0, 0, 9, 1, 1]),
+            Shape::SynAckLong => {
+                let mut o = e.options.take().unwrap_or_default();
+                o.extend(TS);
+                o.resize(24, 1);
+                e.options = Some(o);
+            }
+        }
+        (seg, e)
+    }
+
     /// Builds, decides and accounts the conversation's next step.
     fn step(&mut self, id: usize, g: &mut Gen) {
         let act = self.acts.pop_front().expect("a step left");
         let label = format!("conv {id} {}", self.label);
         match act {
             Act::Jump { by, delta } => self.snd[by] = self.snd[by].wrapping_add(delta),
+            // Sequence state is untouched: nothing of it carries data, and a shaped SYN-ACK is
+            // sent again cleanly.
+            Act::Shaped { shape } => {
+                let (from, to) = (self.ends[1], self.ends[0]);
+                let (seg, e) = self.shaped(shape);
+                g.emit(
+                    Wire {
+                        from_ns: from.ns,
+                        port: from.port,
+                        to_ns: to.ns,
+                        src: from.ep(self.v6),
+                        dst: to.ep(self.v6),
+                        seg,
+                        edit: Some(e),
+                        what: format!("{label}: {shape:?} {} -> {}", from.ns, to.ns),
+                    },
+                    Class::MidFlow,
+                    Some(id),
+                );
+            }
             Act::Spoof { by } => {
                 assert!(
                     self.ends[by] == SERVICE && self.ends[1 - by] == STOCK,
@@ -609,6 +749,7 @@ impl Conv {
                         },
                         dst: STOCK.ep(self.v6),
                         seg,
+                        edit: None,
                         what: format!("{label}: client injects as service"),
                     },
                     Class::MidFlow,
@@ -618,6 +759,10 @@ impl Conv {
             Act::Tcp { by, .. } | Act::Udp { by, .. } | Act::Echo { by } => {
                 let (from, to) = (self.ends[by], self.ends[1 - by]);
                 let (seg, class) = self.segment(by, act);
+                let edit = match act {
+                    Act::Tcp { flags, .. } if flags & SYN != 0 => self.syn_edit(by),
+                    _ => None,
+                };
                 let v = g.emit(
                     Wire {
                         from_ns: from.ns,
@@ -626,6 +771,7 @@ impl Conv {
                         src: from.ep(self.v6),
                         dst: to.ep(self.v6),
                         seg: seg.clone(),
+                        edit,
                         what: format!("{label}: {} -> {}", from.ns, to.ns),
                     },
                     class,
@@ -943,12 +1089,24 @@ fn conversation(k: u16, rng: &mut Lcg) -> Conv {
             flow,
             isn,
         );
-        c.acts
-            .extend([tcp(0, SYN, 0), tcp(1, SYN | ACK, 0), tcp(0, ACK, 0)]);
+        c.sack_perm = true;
+        c.acts.push_back(tcp(0, SYN, 0));
+        // Now and then a SYN-ACK shaped to carry something, then the clean one.
+        if rng.below(3) == 0 {
+            let shape = rng.pick(&[Shape::SynAckLong, Shape::SynAckIpExtras]);
+            c.acts.push_back(Act::Shaped { shape });
+        }
+        c.acts.extend([tcp(1, SYN | ACK, 0), tcp(0, ACK, 0)]);
         for _ in 0..1 + rng.below(5) {
             for _ in 0..1 + rng.below(2) {
                 c.acts
                     .push_back(tcp(0, PSH | ACK, 1 + rng.below(300) as usize));
+            }
+            // Issue 17: a payload-free segment that still tries to carry something, or the
+            // options a client may send (timestamps, SACK blocks).
+            if rng.below(2) == 0 {
+                let shape = rng.pick(&SHAPES[..8]);
+                c.acts.push_back(Act::Shaped { shape });
             }
             // The client acknowledges; now and then it tries to send data (one_way).
             if rng.below(2) == 0 {
@@ -1355,6 +1513,30 @@ fn core_and_nft_plane_agree_on_synthetic_packets() {
         one_way >= 20 && spoofed >= 10 && invalid >= 100,
         "mid-flow drops: {one_way} one_way, {spoofed} spoofed, {invalid} invalid_state"
     );
+
+    // Issue 17: every shape a client might hide bits in is sent, and the core forwards only the
+    // timestamps and SACK blocks claim 1 allows (the kernel must then agree, below).
+    for shape in SHAPES {
+        let of_shape: Vec<&Probe> = probes
+            .iter()
+            .filter(|p| p.what.contains(&format!(": {shape:?} ")))
+            .collect();
+        assert!(
+            of_shape.len() >= 2,
+            "{} frames of {shape:?}",
+            of_shape.len()
+        );
+        let allowed = matches!(shape, Shape::Timestamp | Shape::SackInside);
+        for p in of_shape {
+            assert_eq!(
+                p.verdict.action == Action::Forward,
+                allowed,
+                "core on {}: {}",
+                p.what,
+                describe(&p.verdict)
+            );
+        }
+    }
 
     let mut lab = Lab::new("d", &["--dataplane", "nftables"]);
     write_rules(&lab.rules, &yaml);

@@ -1141,14 +1141,14 @@ fn one_way_push_is_exact_claim_1_137() {
         for syn in [true, false] {
             bad(
                 &TcpEdit {
-                    urgent: Some(0),
+                    urg: true,
                     ..Default::default()
                 },
                 syn,
             );
             bad(
                 &TcpEdit {
-                    urgent: Some(9),
+                    urgent_pointer: 9,
                     ..Default::default()
                 },
                 syn,

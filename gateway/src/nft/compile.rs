@@ -494,10 +494,11 @@ fn one_way_tcp_header(inet: &mut TablePlan, chain: &str, ow: &Statement<'static>
         vec![
             tcp(),
             syn(true),
-            m(
+            // Spelled as a set: nftables 0.6.2 has `Operator::GT` and `LT` swapped in its
+            // JSON (`GT` serialises as "<"; seen as `tcp doff < 10` in `nft list ruleset`).
+            eq(
                 payload("tcp", "doff"),
-                Operator::GT,
-                n(5 + u32::from(SYN_OPTIONS_MAX) / 4),
+                anon((6 + u32::from(SYN_OPTIONS_MAX) / 4..=15).map(n).collect()),
             ),
         ],
     );
