@@ -62,3 +62,39 @@ fn every_target_has_a_fuzz_entry() {
         );
     }
 }
+
+/// The cargo-fuzz crate's own lockfile pins every crate it shares with the workspace at the
+/// workspace's version, so what is fuzzed is what ships (refresh it with
+/// `cp Cargo.lock fuzz/libfuzzer/Cargo.lock` and a `cargo fuzz build`).
+#[test]
+fn fuzz_lock_matches_the_workspace() {
+    use std::collections::BTreeSet;
+    /// (name, version) of every package in a Cargo.lock.
+    fn packages(path: &Path) -> BTreeSet<(String, String)> {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.split("[[package]]")
+            .skip(1)
+            .filter_map(|p| {
+                let field = |k: &str| {
+                    p.lines()
+                        .find_map(|l| l.strip_prefix(&format!("{k} = \"")))
+                        .map(|v| v.trim_end_matches('"').to_string())
+                };
+                Some((field("name")?, field("version")?))
+            })
+            .collect()
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let main = packages(&root.join("../Cargo.lock"));
+    let fuzz = packages(&root.join("libfuzzer/Cargo.lock"));
+    assert!(main.len() > 100, "{} packages in Cargo.lock", main.len());
+    let stray: Vec<_> = fuzz
+        .iter()
+        .filter(|(name, _)| main.iter().any(|(n, _)| n == name))
+        .filter(|p| !main.contains(*p))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "fuzz/libfuzzer/Cargo.lock has other versions than Cargo.lock: {stray:?}"
+    );
+}

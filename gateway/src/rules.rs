@@ -178,8 +178,9 @@ pub struct Rule {
     /// `accept` opens a tracked connection; `drop` drops (reason `no_rule`, rule named).
     pub action: RuleAction,
     /// Claim 1 of JP H11-73391: on connections opened under this rule, packets from the
-    /// outside side may carry no payload (pure ACK/FIN/RST); any that does is dropped as
-    /// `one_way`.
+    /// outside side may only acknowledge (pure ACK/FIN/RST): no payload, IP options, IPv6
+    /// extension headers or urgent data, and TCP options only as a SYN-ACK's or as a
+    /// timestamp and SACK blocks inside what was sent; anything else is dropped as `one_way`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub one_way: bool,
     /// Why an inbound accept rule admits sources that are not pinned to a MAC. Without it,

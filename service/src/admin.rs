@@ -110,7 +110,7 @@ pub async fn handle(svc: &Arc<Service>, req: AdminRequest) -> AdminResponse {
         AdminRequest::Approve { id, operator } => match svc.db.upload(&id) {
             Ok(Some(u)) if u.stage == Stage::AwaitingOperator => {
                 tracing::info!(upload = %id, %operator, "operator approved (93 yes)");
-                match review::approve(svc.clone(), id.clone(), operator).await {
+                match review::approve(svc.clone(), u, operator).await {
                     Ok(()) => {
                         AdminResponse::ok(svc.db.upload(&id).ok().flatten().into_iter().collect())
                     }

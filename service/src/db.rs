@@ -32,6 +32,21 @@ db_err!(
     serde_json::Error
 );
 
+/// Why [`Db::transition`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError<E> {
+    #[error("no upload {0}")]
+    Missing(String),
+    /// Another decision (or the delivery) came first.
+    #[error("upload {id} was already {}: another decision came first", stage.describe())]
+    Lost { id: String, stage: Stage },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The step itself refused (e.g. the audit trail could not be written).
+    #[error(transparent)]
+    Step(E),
+}
+
 /// 80: what a server password opens: the stock server and database key it is bound to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PasswordRecord {
@@ -73,6 +88,19 @@ pub enum Stage {
         server_password_wrapped: Option<String>,
         account_key_wrapped: Option<String>,
     },
+}
+
+impl Stage {
+    /// In words, for the operator and the logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Stage::Checking => "checking (91, 92)".into(),
+            Stage::AwaitingOperator => "awaiting review (93)".into(),
+            Stage::Approved { note } => format!("approved: {note}"),
+            Stage::Refused { refusal } => format!("refused: {refusal}"),
+            Stage::Stored { stock_server, .. } => format!("stored on {stock_server}"),
+        }
+    }
 }
 
 /// One upload in the quarantine queue (74) and its outcome.
@@ -312,8 +340,47 @@ impl Db {
         Ok(n)
     }
 
+    /// Writes a new upload record (73, 74). Every later change of it goes through
+    /// [`Db::transition`].
     pub fn put_upload(&self, rec: &UploadRecord) -> Result<(), DbError> {
         put(&self.db, UPLOADS, &rec.id, rec)
+    }
+
+    /// The one way an upload record changes once written: in one write transaction, read it,
+    /// check that its stage is one `from` allows, let `step` change it (and do first what must
+    /// happen before the change counts, such as the audit line), write it. redb has one writer
+    /// at a time, so of two transitions from the same stage exactly one wins; the other gets
+    /// [`TransitionError::Lost`] with the stage it found, and nothing of it is written (issue 18:
+    /// two operators deciding at once, a decision racing the delivery).
+    pub fn transition<E>(
+        &self,
+        id: &str,
+        from: impl FnOnce(&Stage) -> bool,
+        step: impl FnOnce(&mut UploadRecord) -> Result<(), E>,
+    ) -> Result<UploadRecord, TransitionError<E>> {
+        let w = self.db.begin_write().map_err(DbError::from)?;
+        let rec = {
+            let mut table = w.open_table(UPLOADS).map_err(DbError::from)?;
+            let found: Option<UploadRecord> = match table.get(id).map_err(DbError::from)? {
+                Some(v) => Some(serde_json::from_slice(v.value()).map_err(DbError::from)?),
+                None => None,
+            };
+            let Some(mut rec) = found else {
+                return Err(TransitionError::Missing(id.to_string()));
+            };
+            if !from(&rec.stage) {
+                return Err(TransitionError::Lost {
+                    id: id.to_string(),
+                    stage: rec.stage,
+                });
+            }
+            step(&mut rec).map_err(TransitionError::Step)?;
+            let bytes = serde_json::to_vec(&rec).map_err(DbError::from)?;
+            table.insert(id, bytes.as_slice()).map_err(DbError::from)?;
+            rec
+        };
+        w.commit().map_err(DbError::from)?;
+        Ok(rec)
     }
 
     pub fn upload(&self, id: &str) -> Result<Option<UploadRecord>, DbError> {
@@ -347,6 +414,103 @@ mod tests {
         assert!(db.claim_nonce("n2", 300).unwrap());
         assert_eq!(db.expire_nonces(200).unwrap(), 1);
         assert!(!db.claim_nonce("n2", 300).unwrap());
+    }
+
+    fn record(id: &str) -> UploadRecord {
+        UploadRecord {
+            id: id.into(),
+            client_id: "c".into(),
+            file_name: "a.png".into(),
+            size: 1,
+            sha256: "00".into(),
+            password_id: None,
+            created_at: 0,
+            checks: vec![],
+            stage: Stage::AwaitingOperator,
+            new_account: None,
+            operator: None,
+            disarmed: None,
+            private_thumbnail: false,
+            source: None,
+        }
+    }
+
+    /// Issue 18: of decisions racing from the same stage (an approve in the console, a reject
+    /// from the CLI, a second approve) exactly one takes effect, and the losers learn what won.
+    #[test]
+    fn racing_decisions_93_have_exactly_one_winner() {
+        let d = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(Db::open(&d.path().join("db")).unwrap());
+        for round in 0..40 {
+            let id = format!("u{round}");
+            db.put_upload(&record(&id)).unwrap();
+            let start = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let handles: Vec<_> = (0..6)
+                .map(|k| {
+                    let (db, start, id) = (db.clone(), start.clone(), id.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        db.transition(
+                            &id,
+                            |s| *s == Stage::AwaitingOperator,
+                            |r| {
+                                r.operator = Some(format!("op{k}"));
+                                r.stage = if k % 2 == 0 {
+                                    Stage::Approved { note: "n".into() }
+                                } else {
+                                    Stage::Refused {
+                                        refusal: Refusal::Ethics("no".into()),
+                                    }
+                                };
+                                Ok::<(), std::convert::Infallible>(())
+                            },
+                        )
+                    })
+                })
+                .collect();
+            let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let winners: Vec<&UploadRecord> =
+                results.iter().filter_map(|r| r.as_ref().ok()).collect();
+            assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+            let stored = db.upload(&id).unwrap().unwrap();
+            assert_eq!(
+                stored.operator, winners[0].operator,
+                "the record is the winner's"
+            );
+            assert_eq!(stored.stage, winners[0].stage);
+            for r in &results {
+                match r {
+                    Ok(_) => {}
+                    Err(TransitionError::Lost { stage, .. }) => assert_eq!(*stage, stored.stage),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    }
+
+    /// A step that fails (the audit trail cannot be written) changes nothing.
+    #[test]
+    fn a_failed_step_writes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::open(&d.path().join("db")).unwrap();
+        db.put_upload(&record("u")).unwrap();
+        let r = db.transition(
+            "u",
+            |s| *s == Stage::AwaitingOperator,
+            |r| {
+                r.stage = Stage::Approved { note: "n".into() };
+                Err("audit trail full")
+            },
+        );
+        assert!(matches!(r, Err(TransitionError::Step("audit trail full"))));
+        assert_eq!(
+            db.upload("u").unwrap().unwrap().stage,
+            Stage::AwaitingOperator
+        );
+        assert!(matches!(
+            db.transition("nope", |_| true, |_| Ok::<(), ()>(())),
+            Err(TransitionError::Missing(_))
+        ));
     }
 
     #[test]

@@ -206,16 +206,6 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn stage_text(s: &Stage) -> String {
-    match s {
-        Stage::Checking => "checking (91, 92)".into(),
-        Stage::AwaitingOperator => "awaiting review (93)".into(),
-        Stage::Approved { note } => format!("approved: {note}"),
-        Stage::Refused { refusal } => format!("refused: {refusal}"),
-        Stage::Stored { stock_server, .. } => format!("stored on {stock_server}"),
-    }
-}
-
 async fn template_cmd(socket: &std::path::Path, action: TemplateCmd) -> anyhow::Result<()> {
     let abs = |p: PathBuf| -> anyhow::Result<PathBuf> {
         std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()))
@@ -306,7 +296,7 @@ async fn review_cmd(socket: &std::path::Path, action: ReviewCmd) -> anyhow::Resu
             u.file_name,
             u.size,
             &u.client_id[..12.min(u.client_id.len())],
-            stage_text(&u.stage)
+            Stage::describe(&u.stage)
         );
         if show {
             for (check, result) in &u.checks {

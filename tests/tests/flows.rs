@@ -237,6 +237,70 @@ fn clamd_limits_and_a_stopped_clamd_are_scan_unavailable_91() {
     ]);
 }
 
+/// Issue 18: two operators deciding one upload at once (an approve and a reject, then two
+/// approves, from two CLI processes): exactly one decision takes effect, the other is told it
+/// was not taken, and the outcome is whole: stored once, or refused with nothing stored.
+#[test]
+fn racing_decisions_take_one_effect_93_94_95() {
+    let sys = System::start(Options {
+        auto_approve: false,
+        ..Options::default()
+    });
+    let c1 = sys.client("c1");
+    for round in 0..6u8 {
+        let name = format!("race{round}.png");
+        let id = c1.upload_queued(&name, &png(30, 30, 40 + round), 2);
+        let second: Vec<&str> = if round % 2 == 0 {
+            vec!["reject", &id, "--reason", "too late", "--operator", "bob"]
+        } else {
+            vec!["approve", &id, "--operator", "bob"]
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| sys.review(&["approve", &id, "--operator", "alice"]));
+            let b = s.spawn(|| sys.review(&second));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let both = format!(
+            "alice: {:?} {}\nbob: {:?} {}",
+            a.status.code(),
+            text(&a.stderr),
+            b.status.code(),
+            text(&b.stderr)
+        );
+        assert!(
+            a.status.success() != b.status.success(),
+            "round {round}: exactly one decision must be taken:\n{both}"
+        );
+        let loser = if a.status.success() { &b } else { &a };
+        assert!(
+            text(&loser.stderr).contains("not awaiting review")
+                || text(&loser.stderr).contains("another decision came first"),
+            "round {round}: the loser is told: {both}"
+        );
+        let stored = a.status.success() || second[0] == "approve";
+        let out = c1.run(&["status", &id, "--wait", "60"]);
+        if stored {
+            assert!(
+                out.status.success() && text(&out.stdout).contains(&format!("stored {name}")),
+                "round {round}: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            let list = c1.ok(&["list"]);
+            assert_eq!(list.matches(name.as_str()).count(), 1, "{list}");
+        } else {
+            assert_eq!(out.status.code(), Some(3), "round {round}: {both}");
+            assert!(text(&out.stderr).contains("refused: ethics: too late"));
+            if round > 0 {
+                assert!(!c1.ok(&["list"]).contains(name.as_str()));
+            }
+        }
+    }
+    // Every delivery task ended: nothing is left approved, and the trail has one decision each.
+    let list = text(&sys.review(&["list", "--all"]).stdout);
+    assert!(!list.contains("approved:"), "{list}");
+}
+
 #[test]
 fn operator_review_93_approve_and_reject_with_reason() {
     let sys = System::start(Options {

@@ -449,7 +449,7 @@ async fn approve(
     match c.svc.db.upload(&id) {
         Ok(Some(u)) if u.stage == Stage::AwaitingOperator => {
             tracing::info!(upload = %id, operator = %s.operator, "operator approved in the console (93 yes)");
-            match review::approve(c.svc.clone(), id.clone(), s.operator).await {
+            match review::approve(c.svc.clone(), u, s.operator).await {
                 Ok(()) => see_other(format!("/queue?approved={id}")),
                 Err(e) => undecided("Not approved", &e),
             }

@@ -8,7 +8,7 @@ pub mod disarm;
 pub mod integrity;
 pub mod virus;
 
-use crate::db::{NewAccount, Stage, UploadRecord};
+use crate::db::{NewAccount, Stage, TransitionError, UploadRecord};
 use crate::stock_client::StockError;
 use crate::Service;
 use std::path::{Path, PathBuf};
@@ -128,16 +128,24 @@ pub async fn run_checks(svc: Arc<Service>, id: String) {
     if svc.config.review.auto_approve_ethics {
         rec.checks
             .push(("ethics".into(), "auto-approved by policy (lab)".into()));
-        let _ = svc.db.put_upload(&rec);
-        if let Err(e) = approve(svc.clone(), id.clone(), "auto-approve policy".into()).await {
+        if let Err(e) = approve(svc.clone(), rec, "auto-approve policy".into()).await {
             tracing::error!(upload = %id, error = %e, "not approved by policy; the review re-runs at the next start");
         }
     } else {
-        rec.stage = Stage::AwaitingOperator;
-        if let Err(e) = svc.db.put_upload(&rec) {
-            tracing::error!(error = %e, "recording review state");
+        let checked = rec.stage.clone();
+        let r = svc.db.transition(
+            &id,
+            |s| same_stage(s, &checked),
+            |stored| {
+                rec.stage = Stage::AwaitingOperator;
+                *stored = rec;
+                Ok::<(), std::convert::Infallible>(())
+            },
+        );
+        match r {
+            Ok(_) => tracing::info!(upload = %id, "awaiting operator review (93)"),
+            Err(e) => tracing::error!(upload = %id, error = %e, "recording review state"),
         }
-        tracing::info!(upload = %id, "awaiting operator review (93)");
     }
 }
 
@@ -298,13 +306,34 @@ fn observe_quarantine_time(svc: &Service, rec: &UploadRecord) {
         .observe(crate::now_secs().saturating_sub(rec.created_at) as f64);
 }
 
-/// A decision that was not taken (issue 16, defect 5): the operator is told, nothing changed.
+/// A decision that was not taken (issue 16, defect 5; issue 18): the operator is told, nothing
+/// changed.
 #[derive(Debug, thiserror::Error)]
 pub enum Undecided {
     #[error("not decided: the audit trail cannot be written ({0}); nothing was changed")]
     Audit(#[from] crate::audit::AuditError),
-    #[error("the decision is in the audit trail, but the upload record cannot be written ({0})")]
+    #[error("not decided: the upload record cannot be written ({0}); nothing was changed")]
     Record(String),
+    /// Another decision (or the delivery) changed the upload first; this one was not taken.
+    #[error("not decided: {0}")]
+    Lost(String),
+}
+
+impl From<TransitionError<crate::audit::AuditError>> for Undecided {
+    fn from(e: TransitionError<crate::audit::AuditError>) -> Self {
+        match e {
+            TransitionError::Step(a) => Undecided::Audit(a),
+            TransitionError::Db(d) => Undecided::Record(d.to_string()),
+            e @ (TransitionError::Lost { .. } | TransitionError::Missing(_)) => {
+                Undecided::Lost(e.to_string())
+            }
+        }
+    }
+}
+
+/// Two stages are the same step of Fig. 5 (an approved upload's note may change meanwhile).
+fn same_stage(a: &Stage, b: &Stage) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
 }
 
 /// An automatic refusal that cannot be audited leaves the upload where it is, in quarantine
@@ -316,18 +345,31 @@ async fn refuse_or_hold(svc: &Service, rec: UploadRecord, check: &str, refusal: 
     }
 }
 
-/// 95 → 76, 77: erase the upload and record why. The audit line is written first: a refusal
-/// that cannot be audited is not made.
+/// 95 → 76, 77: erase the upload and record why. `rec` is the caller's view of the upload: the
+/// refusal is taken only if the upload is still at the stage it shows (`Db::transition`), so
+/// it cannot undo an approval, a delivery or another refusal made meanwhile. The audit line is
+/// written inside that transition: a refusal that cannot be audited is not made.
 pub async fn refuse(
     svc: &Service,
     mut rec: UploadRecord,
     check: &str,
     refusal: Refusal,
 ) -> Result<(), Undecided> {
-    let mut ev = audit_event(&rec, "refused");
-    ev.checks.push((check.to_string(), refusal.to_string()));
-    ev.reason = Some(refusal.to_string());
-    svc.audit.append(ev)?;
+    let (id, seen) = (rec.id.clone(), rec.stage.clone());
+    let why = refusal.clone();
+    let rec = svc.db.transition(
+        &id,
+        |s| same_stage(s, &seen),
+        |stored| {
+            let mut ev = audit_event(&rec, "refused");
+            ev.checks.push((check.to_string(), why.to_string()));
+            ev.reason = Some(why.to_string());
+            svc.audit.append(ev)?;
+            rec.stage = Stage::Refused { refusal: why };
+            *stored = rec;
+            Ok(())
+        },
+    )?;
     svc.metrics
         .review_decisions
         .with_label_values(&[check, refusal.code()])
@@ -338,39 +380,46 @@ pub async fn refuse(
         .inc();
     tracing::info!(upload = %rec.id, %check, code = refusal.code(), "upload refused (95, 76, 77)");
     observe_quarantine_time(svc, &rec);
-    rec.stage = Stage::Refused { refusal };
-    // Record the outcome first, then erase: a crash in between leaves a refused record whose
-    // file the startup sweep removes, never a file without a decision.
-    if let Err(e) = svc.db.put_upload(&rec) {
-        tracing::error!(error = %e, "recording refusal");
-        return Err(Undecided::Record(e.to_string()));
-    }
+    // The outcome is recorded first, then the file erased: a crash in between leaves a refused
+    // record whose file the startup sweep removes, never a file without a decision.
     svc.erase_quarantined(&rec.id);
     Ok(())
 }
 
-/// 94: approved (by the operator or policy); deliver it. The audit line is written first: an
+/// 94: approved (by the operator or policy); deliver it. `rec` is the caller's view: the
+/// approval is taken only if the upload is still at that stage, awaiting the operator (or
+/// checked, for the policy), so of two decisions at once exactly one takes effect and only the
+/// winner starts a delivery (issue 18). The audit line is written inside that transition: an
 /// approval that cannot be audited is not given.
-pub async fn approve(svc: Arc<Service>, id: String, operator: String) -> Result<(), Undecided> {
-    let Some(mut rec) = svc.db.upload(&id).ok().flatten() else {
-        return Ok(());
-    };
-    if rec.stage != Stage::AwaitingOperator && rec.stage != Stage::Checking {
-        return Ok(());
+pub async fn approve(
+    svc: Arc<Service>,
+    mut rec: UploadRecord,
+    operator: String,
+) -> Result<(), Undecided> {
+    let (id, seen) = (rec.id.clone(), rec.stage.clone());
+    if !matches!(seen, Stage::AwaitingOperator | Stage::Checking) {
+        return Err(Undecided::Lost(format!(
+            "upload {id} is {}, not awaiting review",
+            seen.describe()
+        )));
     }
-    rec.operator = Some(operator);
-    svc.audit.append(audit_event(&rec, "approved"))?;
+    let rec = svc.db.transition(
+        &id,
+        |s| *s == seen,
+        |stored| {
+            rec.operator = Some(operator);
+            svc.audit.append(audit_event(&rec, "approved"))?;
+            rec.stage = Stage::Approved {
+                note: "delivering to the stock server".into(),
+            };
+            *stored = rec;
+            Ok(())
+        },
+    )?;
     svc.metrics
         .review_decisions
         .with_label_values(&["ethics", "pass"])
         .inc();
-    rec.stage = Stage::Approved {
-        note: "delivering to the stock server".into(),
-    };
-    if let Err(e) = svc.db.put_upload(&rec) {
-        tracing::error!(error = %e, "recording approval");
-        return Err(Undecided::Record(e.to_string()));
-    }
     observe_quarantine_time(&svc, &rec);
     tokio::spawn(deliver(svc, id));
     Ok(())
@@ -395,11 +444,30 @@ pub async fn deliver(svc: Arc<Service>, id: String) {
                 }
                 return;
             }
+            // No longer approved: delivered or decided otherwise; this delivery ends.
+            Err(DeliverError::Decided(stage)) => {
+                tracing::warn!(upload = %id, %stage, "delivery ends: the upload is no longer approved");
+                return;
+            }
             Err(DeliverError::Retry(note)) => {
                 tracing::warn!(upload = %id, %note, "delivery postponed");
-                if let Some(mut rec) = svc.db.upload(&id).ok().flatten() {
-                    rec.stage = Stage::Approved { note: note.clone() };
-                    let _ = svc.db.put_upload(&rec);
+                let r = svc.db.transition(
+                    &id,
+                    |s| matches!(s, Stage::Approved { .. }),
+                    |rec| {
+                        rec.stage = Stage::Approved { note: note.clone() };
+                        Ok::<(), std::convert::Infallible>(())
+                    },
+                );
+                match r {
+                    Ok(_) => {}
+                    Err(e @ (TransitionError::Lost { .. } | TransitionError::Missing(_))) => {
+                        tracing::warn!(upload = %id, error = %e, "delivery ends: the upload is no longer approved");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(upload = %id, error = %e, "recording the delivery note")
+                    }
                 }
                 let mut stop = svc.shutdown.clone();
                 tokio::select! {
@@ -415,6 +483,26 @@ pub async fn deliver(svc: Arc<Service>, id: String) {
 enum DeliverError {
     Retry(String),
     Refused(Refusal),
+    /// The upload left `Approved` (stored by another delivery, or refused): nothing to do.
+    Decided(String),
+}
+
+impl DeliverError {
+    /// From a transition out of `Approved` that found another stage.
+    fn from_transition(e: TransitionError<std::convert::Infallible>) -> Self {
+        match e {
+            e @ (TransitionError::Lost { .. } | TransitionError::Missing(_)) => {
+                DeliverError::Decided(e.to_string())
+            }
+            TransitionError::Db(d) => DeliverError::Retry(d.to_string()),
+            TransitionError::Step(never) => match never {},
+        }
+    }
+}
+
+/// The stage a delivery may write from.
+fn approved(s: &Stage) -> bool {
+    matches!(s, Stage::Approved { .. })
 }
 
 impl From<StockError> for DeliverError {
@@ -432,7 +520,10 @@ async fn deliver_once(svc: &Service, id: &str) -> Result<(), DeliverError> {
         .db
         .upload(id)
         .map_err(db_err)?
-        .ok_or_else(|| DeliverError::Retry("upload record vanished".into()))?;
+        .ok_or_else(|| DeliverError::Decided("the upload record is gone".into()))?;
+    if !approved(&rec.stage) {
+        return Err(DeliverError::Decided(rec.stage.describe()));
+    }
     let path = svc.quarantine_path(id);
     let (stock, db_key, first) = match (&rec.password_id, &rec.new_account) {
         // 111, 112: re-upload to the account the password names.
@@ -457,12 +548,18 @@ async fn deliver_once(svc: &Service, id: &str) -> Result<(), DeliverError> {
                 .ok_or_else(|| DeliverError::Retry("client key missing".into()))?;
             let stock = svc.pick_stock(&rec.client_id);
             let made = svc.stock.create_account(&stock, &owner).await?;
-            rec.new_account = Some(NewAccount {
+            let account = NewAccount {
                 stock_server: stock.clone(),
                 database_key: made.database_key.clone(),
                 account_key_wrapped: made.account_key_wrapped,
-            });
-            svc.db.put_upload(&rec).map_err(db_err)?;
+            };
+            rec.new_account = Some(account.clone());
+            svc.db
+                .transition(id, approved, |stored| {
+                    stored.new_account = Some(account);
+                    Ok(())
+                })
+                .map_err(DeliverError::from_transition)?;
             (stock, made.database_key, true)
         }
     };
@@ -521,7 +618,14 @@ async fn deliver_once(svc: &Service, id: &str) -> Result<(), DeliverError> {
         server_password_wrapped: pw_wrapped,
         account_key_wrapped: key_wrapped,
     };
-    svc.db.put_upload(&rec).map_err(db_err)?;
+    // Only an approved upload becomes stored, once: a second delivery cannot overwrite the
+    // record that holds the wrapped password (issue 18).
+    svc.db
+        .transition(id, approved, |stored| {
+            *stored = rec;
+            Ok(())
+        })
+        .map_err(DeliverError::from_transition)?;
     // 78: the quarantined copy is erased after delivery.
     svc.erase_quarantined(id);
     svc.metrics.uploads.with_label_values(&["stored"]).inc();
