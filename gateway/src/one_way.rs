@@ -4,8 +4,8 @@
 //! * no payload (TCP or UDP data, or any other protocol's bytes);
 //! * no IPv4 options and no IPv6 extension headers;
 //! * no URG flag and a zero urgent pointer;
-//! * on its SYN (the SYN-ACK of a push) at most 20 bytes of options: what MSS, window scale,
-//!   SACK-permitted and a timestamp take together, with padding;
+//! * on its SYN (the SYN-ACK of a push) at most 24 bytes of options: MSS, window scale,
+//!   SACK-permitted and a timestamp take 19, and macOS pads them to 24;
 //! * after it, only the exact layouts of [`OptionLayout`]: none, `NOP NOP TS`, or SACK blocks
 //!   (after `NOP NOP TS` or not), and each block must lie inside the sequence range the inside
 //!   end has sent.
@@ -19,8 +19,9 @@ use crate::conntrack::{seq_geq, seq_gt};
 use crate::packet::{IpPacket, OptionLayout, TcpFlags, L4};
 
 /// Option bytes a SYN from the outside end may carry: MSS (4) + window scale (3) +
-/// SACK-permitted (2) + timestamp (10), padded to 20.
-pub const SYN_OPTIONS_MAX: u8 = 20;
+/// SACK-permitted (2) + timestamp (10) = 19, padded as the stacks do it: Linux and FreeBSD to 20
+/// (`mss,sok,ts,nop,ws`), macOS to 24 (`mss,nop,ws,nop,nop,ts,sok,eol,eol`).
+pub const SYN_OPTIONS_MAX: u8 = 24;
 
 /// True if `ip`, sent by the outside end of a `one_way` flow, carries nothing but an
 /// acknowledgment. `inside_sent` is the sequence range `[first, next)` the inside end has sent

@@ -498,7 +498,7 @@ enum Shape {
     Mss,
     /// A timestamp after padding, not before (dropped: not an exact layout).
     TimestampPadded,
-    /// A SYN-ACK with 24 option bytes (dropped), then a clean one.
+    /// A SYN-ACK with 28 option bytes (dropped), then a clean one.
     SynAckLong,
     /// A SYN-ACK with IP options or a hop-by-hop header (dropped), then a clean one.
     SynAckIpExtras,
@@ -694,7 +694,7 @@ impl Conv {
             Shape::SynAckLong => {
                 let mut o = e.options.take().unwrap_or_default();
                 o.extend(TS);
-                o.resize(24, 1);
+                o.resize(28, 1);
                 e.options = Some(o);
             }
         }

@@ -1120,10 +1120,15 @@ fn one_way_push_is_exact_claim_1_137() {
                 "{e:?} (SYN-ACK: {syn}, v6: {v6})"
             );
         };
-        // The SYN-ACK: MSS, SACK-permitted, timestamp, window scale: 20 bytes.
+        // The SYN-ACK: MSS, SACK-permitted, timestamp, window scale: 20 bytes as Linux lays
+        // them out, 24 as macOS does.
         ok(&opts(&syn_opts), true);
-        bad(&opts(&ts.repeat(2)), true); // 24 bytes: two timestamps
-                                         // Later: nothing, a timestamp, SACK blocks inside the sent range.
+        let macos = [
+            2, 4, 5, 180, 1, 3, 3, 6, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 4, 2, 0, 0,
+        ];
+        ok(&opts(&macos), true);
+        bad(&opts(&[&ts[..], &ts[..], &[1, 1, 1, 1]].concat()), true); // 28 bytes
+                                                                       // Later: nothing, a timestamp, SACK blocks inside the sent range.
         ok(&TcpEdit::default(), false);
         ok(&opts(&ts), false);
         ok(&opts(&sack(500, 700)), false);

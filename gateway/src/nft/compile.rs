@@ -464,7 +464,7 @@ pub struct Compiled {
 }
 
 /// Claim 1 in the TCP header, as `one_way::admits` has it: no URG, a zero urgent pointer, at
-/// most 20 option bytes on a SYN, and after it only the exact option layouts (none,
+/// most 24 option bytes on a SYN, and after it only the exact option layouts (none,
 /// `NOP NOP TS`, SACK blocks after `NOP NOP TS` or not), told apart by the data offset and the
 /// bytes at fixed offsets, since nft cannot walk an option list. Where the SACK blocks may lie
 /// is conntrack's to check (the highest right edge against what the stock server sent).
