@@ -701,6 +701,21 @@ impl Conv {
         (seg, e)
     }
 
+    /// End `by`'s frame to the other end.
+    fn wire(&self, by: usize, seg: Segment, edit: Option<TcpEdit>, what: &str) -> Wire {
+        let (from, to) = (self.ends[by], self.ends[1 - by]);
+        Wire {
+            from_ns: from.ns,
+            port: from.port,
+            to_ns: to.ns,
+            src: from.ep(self.v6),
+            dst: to.ep(self.v6),
+            seg,
+            edit,
+            what: format!("{what} {} -> {}", from.ns, to.ns),
+        }
+    }
+
     /// Builds, decides and accounts the conversation's next step.
     fn step(&mut self, id: usize, g: &mut Gen) {
         let act = self.acts.pop_front().expect("a step left");
@@ -710,22 +725,9 @@ impl Conv {
             // Sequence state is untouched: nothing of it carries data, and a shaped SYN-ACK is
             // sent again cleanly.
             Act::Shaped { shape } => {
-                let (from, to) = (self.ends[1], self.ends[0]);
                 let (seg, e) = self.shaped(shape);
-                g.emit(
-                    Wire {
-                        from_ns: from.ns,
-                        port: from.port,
-                        to_ns: to.ns,
-                        src: from.ep(self.v6),
-                        dst: to.ep(self.v6),
-                        seg,
-                        edit: Some(e),
-                        what: format!("{label}: {shape:?} {} -> {}", from.ns, to.ns),
-                    },
-                    Class::MidFlow,
-                    Some(id),
-                );
+                let w = self.wire(1, seg, Some(e), &format!("{label}: {shape:?}"));
+                g.emit(w, Class::MidFlow, Some(id));
             }
             Act::Spoof { by } => {
                 assert!(
@@ -757,23 +759,13 @@ impl Conv {
                 );
             }
             Act::Tcp { by, .. } | Act::Udp { by, .. } | Act::Echo { by } => {
-                let (from, to) = (self.ends[by], self.ends[1 - by]);
                 let (seg, class) = self.segment(by, act);
                 let edit = match act {
                     Act::Tcp { flags, .. } if flags & SYN != 0 => self.syn_edit(by),
                     _ => None,
                 };
                 let v = g.emit(
-                    Wire {
-                        from_ns: from.ns,
-                        port: from.port,
-                        to_ns: to.ns,
-                        src: from.ep(self.v6),
-                        dst: to.ep(self.v6),
-                        seg: seg.clone(),
-                        edit,
-                        what: format!("{label}: {} -> {}", from.ns, to.ns),
-                    },
+                    self.wire(by, seg.clone(), edit, &format!("{label}:")),
                     class,
                     Some(id),
                 );
