@@ -21,7 +21,7 @@ fn replay(dir: &str, min_files: usize) {
             files.len()
         );
         for f in files {
-            let data = std::fs::read(&f).unwrap();
+            let data = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             if let Err(e) = std::panic::catch_unwind(|| target(&data)) {
                 let msg = e
                     .downcast_ref::<String>()
